@@ -185,7 +185,8 @@ class IAR(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def training_loss(self, tokens: Tensor | Tokens, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def training_loss(self, tokens: Tensor | Tokens, labels: Tensor,
+                      generator: torch.Generator | None = None) -> Tensor:
         """The family's training objective (label dropout; RAR: random order), mean over tokens."""
 
     # ---- localization / mitigation hooks -----------------------------------------------
