@@ -1,0 +1,184 @@
+"""Planting: a training set where the memorized images are known in advance.
+
+K "planted" images are repeated ``copies`` times per epoch, so a small model memorizes them; a
+held-out set of the same size and the same classes is never trained on, so any measurement
+(UnitMem, extraction) can be read as planted versus held-out, with the ordinary training images
+in between. The manifest records the split so every later stage uses the same ground truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iarmem.data.subsets import balanced_sample, class_rng, matched_sample
+from iarmem.errors import UserError
+from iarmem.fileio import write_json
+
+MANIFEST_FORMAT = "iarmem.plant-manifest"
+MANIFEST_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    """Which dataset ids are planted, ordinary and held out (sorted int64 arrays, pairwise disjoint)."""
+
+    planted_ids: np.ndarray
+    ordinary_ids: np.ndarray
+    heldout_ids: np.ndarray
+    planted_labels: np.ndarray
+    ordinary_labels: np.ndarray
+    heldout_labels: np.ndarray
+    copies: int
+    seed: int
+    num_images: int
+    dataset: str = ""
+
+    def train_index(self) -> np.ndarray:
+        """Dataset ids of one epoch: ordinary ids once, planted ids ``copies`` times, shuffled by the seed."""
+        ids = np.concatenate([self.ordinary_ids, np.repeat(self.planted_ids, self.copies)])
+        return class_rng(self.seed, "train-order", 0).permutation(ids).astype(np.int64)
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        """The distinct ids trained on (ordinary and planted), sorted."""
+        return np.union1d(self.ordinary_ids, self.planted_ids)
+
+    def check_labels(self, labels: np.ndarray, where: str = "the dataset") -> None:
+        """Fail if ``labels`` are not those the plan was made from (another dataset or order)."""
+        labels = np.asarray(labels)
+        ok = len(labels) == self.num_images and all(
+            np.array_equal(labels[ids], lab)
+            for ids, lab in (
+                (self.planted_ids, self.planted_labels),
+                (self.ordinary_ids, self.ordinary_labels),
+                (self.heldout_ids, self.heldout_labels),
+            )
+        )
+        if not ok:
+            raise UserError(
+                f"the planting manifest ({self.dataset or 'unnamed dataset'}, {self.num_images} images) "
+                f"does not match {where} ({len(labels)} images); use the dataset it was made for or re-plan"
+            )
+
+
+def make_plan(
+    labels: np.ndarray,
+    *,
+    num_train: int | None,
+    plant: int,
+    copies: int,
+    seed: int,
+    dataset: str = "",
+) -> Plan:
+    """Choose planted (class-balanced), held-out (class-matched to planted) and ordinary images.
+
+    ``num_train`` ordinary images are drawn class-balanced from what remains, or all of it when None.
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    n = len(labels)
+    if plant < 0:
+        raise UserError(f"plant must be >= 0, got {plant}")
+    if copies < 1:
+        raise UserError(f"copies must be >= 1, got {copies}; 1 means planted images are not repeated")
+    if num_train is not None and num_train < 0:
+        raise UserError(f"num_train must be >= 0 or None (all remaining images), got {num_train}")
+    need = 2 * plant + (num_train or 0)
+    if need > n:
+        raise UserError(
+            f"the plan needs {need} images ({plant} planted + {plant} held out + {num_train or 0} ordinary) "
+            f"but the dataset has {n}; lower plant or num_train"
+        )
+    planted = balanced_sample(labels, plant, seed=seed, purpose="planted")
+    rest = np.setdiff1d(np.arange(n, dtype=np.int64), planted, assume_unique=True)
+    heldout = matched_sample(labels, planted, seed=seed, purpose="heldout", pool=rest)
+    rest = np.setdiff1d(rest, heldout, assume_unique=True)
+    ordinary = (
+        rest
+        if num_train is None
+        else balanced_sample(labels, num_train, seed=seed, purpose="ordinary", pool=rest)
+    )
+    return Plan(
+        planted_ids=planted,
+        ordinary_ids=ordinary,
+        heldout_ids=heldout,
+        planted_labels=labels[planted],
+        ordinary_labels=labels[ordinary],
+        heldout_labels=labels[heldout],
+        copies=int(copies),
+        seed=int(seed),
+        num_images=n,
+        dataset=dataset,
+    )
+
+
+def _group(ids: np.ndarray, labels: np.ndarray) -> dict[str, list[int]]:
+    return {"ids": [int(i) for i in ids], "labels": [int(c) for c in labels]}
+
+
+def write_manifest(plan: Plan, path: str | os.PathLike) -> None:
+    """Write the plan as JSON (atomically): the three id sets with their labels, copies, seed, dataset."""
+    write_json(
+        path,
+        {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "dataset": plan.dataset,
+            "num_images": plan.num_images,
+            "seed": plan.seed,
+            "copies": plan.copies,
+            "planted": _group(plan.planted_ids, plan.planted_labels),
+            "heldout": _group(plan.heldout_ids, plan.heldout_labels),
+            "ordinary": _group(plan.ordinary_ids, plan.ordinary_labels),
+        },
+    )
+
+
+def read_manifest(path: str | os.PathLike) -> Plan:
+    """Read a manifest written by :func:`write_manifest`; a damaged one is a UserError."""
+    path = Path(path)
+    try:
+        obj: Any = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"planting manifest {path} not found; run the planting step first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"planting manifest {path} is unreadable ({e}); re-create it") from e
+    if not isinstance(obj, dict) or obj.get("format") != MANIFEST_FORMAT:
+        raise UserError(f"{path} is not an iarmem planting manifest; pass the manifest.json a plan wrote")
+    if obj.get("version") != MANIFEST_VERSION:
+        raise UserError(
+            f"{path} has manifest version {obj.get('version')}, expected {MANIFEST_VERSION}; re-create it"
+        )
+    try:
+        groups = {}
+        for key in ("planted", "ordinary", "heldout"):
+            ids = np.asarray(obj[key]["ids"], dtype=np.int64).reshape(-1)
+            labs = np.asarray(obj[key]["labels"], dtype=np.int64).reshape(-1)
+            if len(ids) != len(labs):
+                raise ValueError(f"{key}: {len(ids)} ids but {len(labs)} labels")
+            groups[key] = (ids, labs)
+        plan = Plan(
+            planted_ids=groups["planted"][0],
+            ordinary_ids=groups["ordinary"][0],
+            heldout_ids=groups["heldout"][0],
+            planted_labels=groups["planted"][1],
+            ordinary_labels=groups["ordinary"][1],
+            heldout_labels=groups["heldout"][1],
+            copies=int(obj["copies"]),
+            seed=int(obj["seed"]),
+            num_images=int(obj["num_images"]),
+            dataset=str(obj.get("dataset", "")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"planting manifest {path} is malformed ({e}); re-create it") from e
+    all_ids = np.concatenate([plan.planted_ids, plan.ordinary_ids, plan.heldout_ids])
+    if len(np.unique(all_ids)) != len(all_ids) or (
+        len(all_ids) and not 0 <= all_ids.min() <= all_ids.max() < plan.num_images
+    ):
+        raise UserError(f"planting manifest {path} has overlapping or out-of-range ids; re-create it")
+    return plan
