@@ -189,6 +189,17 @@ class IAR(nn.Module, abc.ABC):
                       generator: torch.Generator | None = None) -> Tensor:
         """The family's training objective (label dropout; RAR: random order), mean over tokens."""
 
+    def tokenizer_loss(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Tokenizer training objective on native-range images: (loss, reconstruction).
+
+        Pixel L1 + L2 plus the quantizer's codebook and commitment terms; the perceptual and GAN
+        losses of the official recipes need pretrained networks and are left out.
+        """
+        raise NotImplementedError(f"{self.family} tokenizer training is not available")
+
+    def set_training_progress(self, fraction: float) -> None:
+        """Called before each training step with step / total (RAR anneals its random order)."""
+
     # ---- localization / mitigation hooks -----------------------------------------------
     @abc.abstractmethod
     def unit_layers(self, kinds: tuple[str, ...] = ("fc1",)) -> list[UnitLayer]:

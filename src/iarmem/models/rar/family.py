@@ -113,6 +113,9 @@ def model_kwargs_of(cfg: RARConfig) -> dict[str, Any]:
     return {"config": {"model": model}}
 
 
+ANNEAL_PER_MILLE = (500, 750)  # official randomness_anneal_start/end of max_train_steps 250k
+
+
 def annealed_random_ratio(step: int, start: int, end: int) -> float:
     """The official schedule: 1 before ``start``, linear down to 0 at ``end``, 0 after."""
     if step < start:
@@ -216,6 +219,15 @@ class RARFamily(IAR):
         if start is None or end is None:
             raise ValueError("this RAR config sets no randomness_anneal_start/randomness_anneal_end")
         return annealed_random_ratio(step, start, end)
+
+    def set_training_progress(self, fraction: float) -> None:
+        """The official anneal, as fractions of training: random order until half-way (125k of 250k
+        steps), then linearly down to raster order at three quarters (187.5k)."""
+        self.set_random_ratio(annealed_random_ratio(round(fraction * 1000), *ANNEAL_PER_MILLE))
+
+    def tokenizer_loss(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        rec, vq_loss = self.tokenizer(images)
+        return F.l1_loss(rec, images) + F.mse_loss(rec, images) + vq_loss, rec
 
     def sample_orders(self, batch: int, generator: torch.Generator | None = None) -> Tensor | None:
         """[B, L] token orders for training (None = raster for all): each sample is a uniform random
@@ -445,7 +457,22 @@ def _preset(size: str, hidden: int, layers: int, intermediate: int, params: str)
     )
 
 
+def _tiny() -> Preset:
+    tok = VQGANConfig(channel_mult=(1, 1, 2), num_resolutions=3, hidden_channels=32, num_res_blocks=1,
+                      resolution=32, z_channels=16, num_embeddings=512, embedding_dim=16).official_kwargs()
+    mdl = _rar_kwargs(128, 4, 512)
+    mdl["config"]["model"]["generator"].update(num_attention_heads=4, image_seq_len=64, condition_num_classes=10,
+                                               dropout=0.0, attn_drop=0.0)
+    mdl["config"]["model"]["vq_model"]["codebook_size"] = 512
+    return Preset(
+        name="tiny-rar", family="rar", tokenizer_kwargs=tok, model_kwargs=mdl,
+        description="RAR for 32x32 MNIST-sized data: 8x8 raster tokens, vocab 512, 4 layers, width 128",
+        tags=("tiny", "trainable"),
+    )
+
+
 PRESETS: tuple[Preset, ...] = (
+    _tiny(),
     _preset("b", 768, 24, 3072, "261M"),
     _preset("l", 1024, 24, 4096, "462M"),
     _preset("xl", 1280, 32, 5120, "955M"),

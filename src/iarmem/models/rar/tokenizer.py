@@ -200,6 +200,15 @@ class VectorQuantizer(nn.Module):
         d_NK = torch.addmm(sq_NK, z_NC, e_CK, alpha=-2.0)
         return d_NK.argmin(dim=1).reshape(B, -1)
 
+    def forward(self, z_BCHW: Tensor) -> tuple[Tensor, Tensor]:
+        """Training pass: straight-through quantized latents and the codebook + commitment loss."""
+        B, _, h, w = z_BCHW.shape
+        with torch.no_grad():
+            ids_BL = self.code_ids(z_BCHW)
+        zq_BCHW = self.lookup(ids_BL, (h, w))
+        loss = F.mse_loss(zq_BCHW, z_BCHW.detach()) + self.commitment_cost * F.mse_loss(z_BCHW, zq_BCHW.detach())
+        return z_BCHW + (zq_BCHW - z_BCHW).detach(), loss
+
     def lookup(self, ids_BL: Tensor, grid: tuple[int, int]) -> Tensor:
         """[B, h*w] ids -> [B, C, h, w] code vectors."""
         h, w = grid
@@ -223,6 +232,11 @@ class MaskGitVQGAN(nn.Module):
     def encode(self, images_BCHW: Tensor) -> Tensor:
         """Images in [0, 1] -> [B, h*w] token ids."""
         return self.quantize.code_ids(self.encoder(images_BCHW))
+
+    def forward(self, images_BCHW: Tensor) -> tuple[Tensor, Tensor]:
+        """Training pass: unclamped reconstruction and the quantizer loss."""
+        zq_BCHW, vq_loss = self.quantize(self.encoder(images_BCHW))
+        return self.decoder(zq_BCHW), vq_loss
 
     def decode(self, ids_BL: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         """[B, h*w] token ids -> images clamped to [0, 1] (square grid unless given)."""

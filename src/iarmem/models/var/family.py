@@ -134,6 +134,10 @@ class VARFamily(IAR):
         logits_BLV = self.model(labels, x_BLCv)
         return F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), tokens.ids_BL.reshape(-1))
 
+    def tokenizer_loss(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        rec, vq_loss = self.tokenizer(images)
+        return F.l1_loss(rec, images) + F.mse_loss(rec, images) + vq_loss, rec
+
     @torch.no_grad()
     def generate(
         self,
@@ -231,6 +235,17 @@ def _preset(depth: int, params: str) -> Preset:
     )
 
 
+def _tiny() -> Preset:
+    tok, mdl = build_vae_var_kwargs(depth=4, patch_nums=(1, 2, 3, 4, 6, 8), V=512, Cvae=16, ch=32, num_classes=10)
+    tok.update(ch_mult=[1, 2, 2], num_res_blocks=1, using_sa=False, using_mid_sa=False)
+    mdl.update(embed_dim=128, num_heads=4, drop_path_rate=0.0)
+    return Preset(
+        name="tiny-var", family="var", tokenizer_kwargs=tok, model_kwargs=mdl,
+        description="VAR for 32x32 MNIST-sized data: 6 scales up to 8x8 (130 tokens), vocab 512, depth 4, width 128",
+        tags=("tiny", "trainable"),
+    )
+
+
 PRESETS: tuple[Preset, ...] = (
-    _preset(16, "310M"), _preset(20, "600M"), _preset(24, "1.0B"), _preset(30, "2.0B"),
+    _preset(16, "310M"), _preset(20, "600M"), _preset(24, "1.0B"), _preset(30, "2.0B"), _tiny(),
 )

@@ -1,0 +1,1 @@
+"""The extraction attack of Kowalczuk et al. (2025): score, select, generate, decide."""

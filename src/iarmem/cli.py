@@ -1,0 +1,78 @@
+"""The `iarmem` command: one sub-command per stage, each defined in its own module.
+
+A module listed in COMMANDS provides ``add_arguments(parser)`` and ``run(args) -> int``. Every
+user error ends as one line on stderr and exit code 2 (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from iarmem import __version__
+from iarmem.errors import UserError
+
+# name -> (module, one-line help); order is the order of `iarmem --help`
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("iarmem.commands.models", "list the model presets (families, sizes, official files)"),
+    "train": ("iarmem.commands.train", "train a small tokenizer + IAR on a dataset, with planted images"),
+    "localize": ("iarmem.commands.localize", "UnitMem per unit, per block and per scale / token bin"),
+    "extract": ("iarmem.commands.extract", "extraction attack: how many training images the model leaks"),
+    "mitigate": ("iarmem.commands.mitigate", "scale down the most memorizing units; write the edited model"),
+    "evaluate": ("iarmem.commands.evaluate", "image quality of a model: FID, KID, precision / recall"),
+    "sweep": ("iarmem.commands.sweep", "grid over edits, controls and the logit-noise defense"),
+    "report": ("iarmem.commands.report", "one self-contained HTML report of run folders"),
+    "demo": ("iarmem.commands.demo", "the whole audit on bundled MNIST, end to end, on a CPU"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = _Parser(prog="iarmem", description="Localize, measure and mitigate memorization in image "
+                     "autoregressive models (VAR, RAR, LlamaGen).")
+    parser.add_argument("--version", action="version", version=f"iarmem {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subs = {}
+    for name, (module, help_) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                continue
+            raise
+        p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip())
+        p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+        subs[name] = p
+    return parser, subs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

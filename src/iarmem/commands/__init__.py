@@ -1,0 +1,1 @@
+"""CLI sub-commands: argument parsing and wiring only; the work lives in the stage packages."""

@@ -1,0 +1,1 @@
+"""Small-scale training of tokenizers and IARs on the CPU, with planted memorization as ground truth."""
