@@ -221,6 +221,11 @@ class IAR(nn.Module, abc.ABC):
         """Architecture numbers read off a checkpoint (``part`` is "tokenizer" or "model"),
         comparable with ``official_kwargs`` values; used to name the preset a file fits."""
 
+    @classmethod
+    def clean_state_dict(cls, part: str, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Drop entries that official files may carry but that are not weights (default: none)."""
+        return dict(state_dict)
+
     # ---- helpers shared by all families ---------------------------------------------------
     def to_unit_range(self, images: Tensor) -> Tensor:
         """Native pixel range -> [0, 1]."""

@@ -103,7 +103,7 @@ def load_weights(iar: IAR, tokenizer_path: str | os.PathLike | None = None,
         if path is None:
             continue
         what = f"{iar.family.upper()} {part} checkpoint"
-        sd = read_state_dict(path, what)
+        sd = iar.clean_state_dict(part, read_state_dict(path, what))
         module = iar.tokenizer if part == "tokenizer" else iar.model
         hint = ""
         try:
