@@ -128,6 +128,14 @@ class IAR(nn.Module, abc.ABC):
         return sum(h * w for h, w in self.grids)
 
     @property
+    def generation_steps(self) -> int:
+        """Autoregressive steps of one image: scales for VAR, tokens for raster families.
+
+        ``generate``'s ``prefix_len`` counts these steps.
+        """
+        return len(self.grids) if len(self.grids) > 1 else self.seq_len
+
+    @property
     @abc.abstractmethod
     def tap_slice(self) -> slice:
         """Positions of the transformer's sequence whose outputs predict tokens 0..L-1, in order."""
@@ -182,6 +190,7 @@ class IAR(nn.Module, abc.ABC):
         family's own guidance rule. ``logit_noise`` adds N(0, s^2) to the final logits (the
         defense baseline of Kowalczuk et al.). With ``return_logits`` the [B, L, V] logits that
         chose each token are returned too (prefix positions hold the logits of the forced pass).
+        Families may add keyword-only options of their own (RAR: ``cfg_power``).
         """
 
     @abc.abstractmethod
