@@ -1,0 +1,153 @@
+"""Scaling units: multiply the weight slices that write (``in``) or read (``out``) each chosen unit.
+
+Each :class:`~iarmem.models.base.UnitLayer` lists ``in_params``/``out_params`` as (state-dict key,
+unit axis). Editing unit u multiplies slice u along that axis by the factor and touches nothing
+else: the selected slices are gathered, multiplied and written back, so every other element
+stays bit-identical (no whole-tensor arithmetic, no float noise).
+
+- ``in`` (default, the paper's edit): VAR / RAR fc1.weight row u; LlamaGen w3.weight row u (the
+  unit is silu(w1 x) * (w3 x), so this scales the unit's value by exactly the factor). Biases
+  stay, as in the paper.
+- ``out``: the column u of the layer that reads the unit (fc2 / w2).
+- ``both``: both; the unit's contribution to the residual stream is then scaled by factor^2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from iarmem.errors import UserError
+from iarmem.mitigate.select import Selection
+from iarmem.models.base import IAR, UnitLayer
+
+MODES = ("in", "out", "both")
+Units = Selection | Mapping[str, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """What an edit did: the units per layer and, per parameter, the axis and the slices scaled."""
+
+    mode: str
+    factor: float
+    units: dict[str, tuple[int, ...]]
+    params: dict[str, dict[str, Any]]
+
+    @property
+    def count(self) -> int:
+        return sum(len(u) for u in self.units.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "factor": self.factor, "units_edited": self.count,
+                "params": {k: {"axis": v["axis"], "slices": len(v["units"])} for k, v in self.params.items()}}
+
+
+def check_edit_args(mode: str, factor: float) -> float:
+    if mode not in MODES:
+        raise UserError(f"unknown edit mode {mode!r}; choose one of {', '.join(MODES)}")
+    factor = float(factor)
+    if not math.isfinite(factor) or factor < 0:
+        raise UserError(f"--factor {factor:g} must be a finite number >= 0 (0 zeroes the units, 1 changes nothing)")
+    return factor
+
+
+def _units_of(selection: Units) -> dict[str, tuple[int, ...]]:
+    units = selection.units if isinstance(selection, Selection) else selection
+    return {name: tuple(sorted({int(u) for u in idx})) for name, idx in units.items()}
+
+
+def plan_edit(iar: IAR, selection: Units, mode: str = "in") -> list[tuple[str, int, Tensor]]:
+    """(state-dict key, axis, unit indices) for every slice set the edit scales, checked against ``iar``."""
+    if mode not in MODES:
+        raise UserError(f"unknown edit mode {mode!r}; choose one of {', '.join(MODES)}")
+    plan = []
+    for name, units in _units_of(selection).items():
+        if not units:
+            continue
+        try:
+            layer: UnitLayer = iar.unit_layer(name)
+        except KeyError:
+            raise UserError(f"the model ({iar.family}) has no unit layer {name}; was the selection made for "
+                            f"another architecture?") from None
+        if units[0] < 0 or units[-1] >= layer.width:
+            raise UserError(f"unit {units[-1] if units[-1] >= layer.width else units[0]} is out of range for "
+                            f"{name} ({layer.width} units)")
+        params = (layer.in_params if mode in ("in", "both") else ()) + (layer.out_params if mode != "in" else ())
+        if not params:
+            raise UserError(f"{name} ({layer.kind}): no weights read its units, so --mode {mode} cannot scale them; "
+                            f"use --mode in or --mode both")
+        index = torch.tensor(units, dtype=torch.long)
+        plan.extend((key, axis, index) for key, axis in params)
+    return plan
+
+
+def _tensor(iar: IAR, key: str) -> Tensor:
+    try:
+        return iar.model.get_parameter(key)
+    except AttributeError:
+        return iar.model.get_buffer(key)
+
+
+@torch.no_grad()
+def _scale(iar: IAR, plan: list[tuple[str, int, Tensor]], factor: float) -> list[tuple[Tensor, int, Tensor, Tensor]]:
+    """Scale the planned slices in place; return (tensor, axis, index, original slices) for restoring."""
+    saved = []
+    for key, axis, index in plan:
+        t = _tensor(iar, key)
+        idx = index.to(t.device)
+        old = t.index_select(axis, idx)
+        new = torch.zeros_like(old) if factor == 0 else old * factor
+        t.index_copy_(axis, idx, new)
+        saved.append((t, axis, idx, old))
+    return saved
+
+
+def _record(selection: Units, plan: list[tuple[str, int, Tensor]], mode: str, factor: float) -> EditRecord:
+    params: dict[str, dict[str, Any]] = {}
+    for key, axis, index in plan:
+        entry = params.setdefault(key, {"axis": axis, "units": []})
+        entry["units"].extend(int(i) for i in index)
+    return EditRecord(mode, factor, _units_of(selection), params)
+
+
+def apply_edit(iar: IAR, selection: Units, mode: str = "in", factor: float = 0.5) -> EditRecord:
+    """Scale the selected units of ``iar.model`` in place by ``factor`` (0 zeroes them)."""
+    factor = check_edit_args(mode, factor)
+    plan = plan_edit(iar, selection, mode)
+    _scale(iar, plan, factor)
+    return _record(selection, plan, mode, factor)
+
+
+@contextlib.contextmanager
+def temporary_edit(iar: IAR, selection: Units, mode: str = "in", factor: float = 0.5) -> Iterator[EditRecord]:
+    """Edit in place for the ``with`` block, then put the original slices back bit for bit.
+
+    Cheap for sweeps: only the scaled slices are saved, not the model.
+    """
+    factor = check_edit_args(mode, factor)
+    plan = plan_edit(iar, selection, mode)
+    saved = _scale(iar, plan, factor)
+    try:
+        yield _record(selection, plan, mode, factor)
+    finally:
+        with torch.no_grad():
+            for t, axis, idx, old in reversed(saved):  # reverse: a slice touched twice ends at its first value
+                t.index_copy_(axis, idx, old)
+
+
+def edited_copy(iar: IAR, selection: Units, mode: str = "in", factor: float = 0.5,
+                share_tokenizer: bool = True) -> tuple[IAR, EditRecord]:
+    """An edited deep copy; ``iar`` is untouched. The tokenizer (never edited) is shared by default."""
+    factor = check_edit_args(mode, factor)
+    plan_edit(iar, selection, mode)  # validate before paying for the copy
+    memo = {id(iar.tokenizer): iar.tokenizer} if share_tokenizer else {}
+    twin = copy.deepcopy(iar, memo)
+    return twin, apply_edit(twin, selection, mode, factor)
