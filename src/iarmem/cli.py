@@ -48,7 +48,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             if e.name == module:
                 continue
             raise
-        p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip())
+        p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
