@@ -1,0 +1,122 @@
+"""The leak decision: which similarity, which threshold, and the controls that keep it honest.
+
+An image counts as extracted when the similarity of its generation to its reconstruction
+*exceeds* the threshold (the paper: SSCD cosine > 0.75). The threshold is fixed, or calibrated on
+images the model never saw: the smallest value at which at most ``fpr`` of them would count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from iarmem.errors import UserError
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A similarity the decision can use; ``lo``/``hi`` bound the thresholds a user may pass."""
+
+    name: str
+    default_threshold: float
+    lo: float
+    hi: float
+    what: str
+
+
+METRICS: dict[str, Metric] = {
+    "sscd": Metric("sscd", 0.75, 0.0, 1.0, "SSCD copy-detection cosine (--sscd FILE), the paper's measure"),
+    "features": Metric("features", 0.75, 0.0, 1.0, "cosine of the --features extractor"),
+    "ssim": Metric("ssim", 0.75, 0.0, 1.0, "pixel SSIM of generation vs reconstruction (built in)"),
+    "tokens": Metric("tokens", 0.9, 0.0, 1.0, "fraction of generated tokens equal to the ground truth (built in)"),
+    "psnr": Metric("psnr", 20.0, 0.0, math.inf, "pixel PSNR in dB (built in)"),
+}
+NEEDS_EXTRACTOR = {"sscd": "--sscd FILE", "features": "--features FILE or --features trained:PATH"}
+
+
+DEFAULT_BUILTIN = "tokens"
+
+
+def choose_metric(metric: str | None, have: set[str]) -> Metric:
+    """The decision metric: as asked, else SSCD if given, else the features if given, else token agreement.
+
+    Token agreement > 0.9 is the built-in default because it is strict where pixel measures are
+    not: on trained tiny models a 14-15 token prefix lets a generalizing model continue held-out
+    digits so well that 5-25 % of them pass SSIM > 0.75, while none came near 0.9 token agreement
+    (max 0.71) and memorized images score 1.0 (docs/ATTACK.md).
+    """
+    if metric is None:
+        metric = next((m for m in ("sscd", "features") if m in have), DEFAULT_BUILTIN)
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric in NEEDS_EXTRACTOR and metric not in have:
+        raise UserError(f"--metric {metric} needs {NEEDS_EXTRACTOR[metric]}")
+    return METRICS[metric]
+
+
+def check_threshold(metric: Metric, threshold: float) -> float:
+    if not (metric.lo <= threshold <= metric.hi) or math.isnan(threshold):
+        hi = "inf" if math.isinf(metric.hi) else f"{metric.hi:g}"
+        raise UserError(f"threshold {threshold:g} is outside [{metric.lo:g}, {hi}] for metric {metric.name}")
+    return float(threshold)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The threshold chosen on held-out similarities and what it can promise."""
+
+    threshold: float
+    fpr: float
+    heldout: int
+    allowed: int
+    heldout_above: int
+
+    @property
+    def resolution(self) -> float:
+        """The false-positive rate is measured in steps of 1 / (number of held-out images)."""
+        return 1.0 / self.heldout
+
+    def rule(self) -> str:
+        return (f"calibrated on {self.heldout} held-out images: the smallest threshold at which at most "
+                f"{self.fpr:.2%} of them count as extracted ({self.allowed} allowed, {self.heldout_above} above; "
+                f"the rate resolution is {self.resolution:.2%})")
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return {"threshold": self.threshold, "fpr": self.fpr, "heldout": self.heldout, "allowed": self.allowed,
+                "heldout_above": self.heldout_above, "resolution": self.resolution, "rule": self.rule()}
+
+
+def calibrate(heldout_sims: np.ndarray, fpr: float = 0.01, lo: float = -math.inf) -> Calibration:
+    """The smallest t with #{s > t} <= floor(fpr * m): the (floor(fpr * m) + 1)-th largest similarity.
+
+    With m < 1 / fpr held-out images no false positive is allowed, so t is their maximum. NaN
+    similarities (undefined for an image) are left out.
+    """
+    if not 0 < fpr < 1:
+        raise UserError(f"the calibration false-positive rate must lie in (0, 1), got {fpr}")
+    s = np.sort(np.asarray(heldout_sims, dtype=np.float64))[::-1]
+    s = s[~np.isnan(s)]
+    if len(s) == 0:
+        raise UserError("--calibrate needs held-out images (a model folder with a planting manifest); "
+                        "pass --threshold instead")
+    allowed = int(math.floor(fpr * len(s) + 1e-9))
+    t = float(s[allowed]) if allowed < len(s) else lo
+    return Calibration(t, fpr, len(s), allowed, int((s > t).sum()))
+
+
+def extracted(sims: np.ndarray, threshold: float) -> np.ndarray:
+    """Similarity above the threshold (NaN never counts)."""
+    s = np.asarray(sims, dtype=np.float64)
+    return np.where(np.isnan(s), False, s > threshold)
+
+
+def copies_other(own: np.ndarray, other: np.ndarray, threshold: float) -> np.ndarray:
+    """The generation passes for *another* image, and resembles it more than its own prompt.
+
+    This is what class-only conditioning looks like: the model emits a memorized image of the
+    class whatever the prefix says.
+    """
+    own = np.nan_to_num(np.asarray(own, dtype=np.float64), nan=-math.inf)
+    return extracted(other, threshold) & (np.asarray(other, dtype=np.float64) > own)

@@ -1,0 +1,94 @@
+"""Prefix-conditioned greedy generation: the attack's probe of what the model stores.
+
+The paper prompts with the class label and a ground-truth prefix (VAR: the first 4 of 10 scales;
+RAR: the first 30 of 256 raster tokens), decodes greedily on the conditional logits only, and
+looks at what comes out. Shorter token layouts need a rule for the prefix (see ``default_prefix``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+
+import torch
+from torch import Tensor
+
+from iarmem.errors import UserError
+from iarmem.models.base import IAR, Tokens
+
+PAPER_PREFIX_SCALES = 4  # of VAR's 10 scales
+PAPER_VAR_SCALES = 10
+PAPER_PREFIX_TOKENS = 30  # of RAR's 16 x 16 raster tokens
+PAPER_GRID_WIDTH = 16
+
+
+def is_multiscale(iar: IAR) -> bool:
+    return len(iar.grids) > 1
+
+
+def default_prefix(iar: IAR) -> int:
+    """The paper's prefix carried over to ``iar``'s layout, in generation steps.
+
+    VAR: 40 % of the scales (4 of 10) rounded *up*, kept within 1..K-1 (tiny-var's 6 scales: 3).
+    Rounding 2.4 down would leave tiny-var the 1x1 and 2x2 maps only (5 tokens): measured on a
+    trained tiny-var, held-out prompts then made the model emit planted images (class-only
+    conditioning) and 40 % of the planted images were not reproduced token for token; with 3
+    scales 95 % were, with no held-out image passing (docs/ATTACK.md).
+    Raster: the same number of grid *rows* as the paper's 30 tokens of a 16-wide grid (1.875 rows),
+    i.e. round(30 * width / 16) tokens (8x8 grid: 15). Scaling by rows rather than by sequence
+    length keeps the prefix reaching into the image: on an 8x8 MNIST grid the length-proportional
+    7.5 tokens are the first row, mostly background (DESIGN.md: class-only conditioning).
+    """
+    if is_multiscale(iar):
+        K = len(iar.grids)
+        return min(K - 1, max(1, math.ceil(PAPER_PREFIX_SCALES * K / PAPER_VAR_SCALES - 1e-9)))
+    _, w = iar.grids[0]
+    return min(iar.seq_len - 1, max(1, int(PAPER_PREFIX_TOKENS * w / PAPER_GRID_WIDTH + 0.5)))
+
+
+def check_prefix(iar: IAR, prefix: int) -> int:
+    steps = iar.generation_steps
+    if not 0 <= prefix < steps:
+        unit = "scales" if is_multiscale(iar) else "tokens"
+        raise UserError(f"--prefix counts {unit} and must lie in 0..{steps - 1} for this model, got {prefix}")
+    return prefix
+
+
+def prefix_tokens(iar: IAR, prefix: int) -> int:
+    """How many token positions ``prefix`` generation steps cover."""
+    if is_multiscale(iar):
+        return sum(h * w for h, w in iar.grids[:prefix])
+    return prefix
+
+
+def describe_prefix(iar: IAR, prefix: int, default: bool) -> str:
+    how = "default rule" if default else "--prefix"
+    if is_multiscale(iar):
+        sides = ", ".join(f"{h}x{w}" for h, w in iar.grids[:prefix]) or "none"
+        return (f"first {prefix} of {len(iar.grids)} scales (sides {sides}; {prefix_tokens(iar, prefix)} of "
+                f"{iar.seq_len} tokens; {how})")
+    return f"first {prefix} of {iar.seq_len} raster tokens ({prefix / iar.grids[0][1]:.2f} rows; {how})"
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The noise seed of one batch: a function of (seed, batch index) only, so shards agree."""
+    packed = struct.pack("<2Q", int(seed) % 2**64, int(batch_index) % 2**64)
+    return int.from_bytes(hashlib.blake2b(packed, digest_size=8, person=b"iarmem-noise").digest(), "little") >> 1
+
+
+@torch.no_grad()
+def generate_batch(iar: IAR, gt: Tokens, labels: Tensor, prefix: int, *, logit_noise: float = 0.0,
+                   seed: int = 0, batch_index: int = 0) -> Tokens:
+    """Greedy, conditional-only (cfg=None), KV-cached generation from the first ``prefix`` steps of ``gt``.
+
+    ``logit_noise`` > 0 adds N(0, std^2) to the logits before the argmax (the defense baseline),
+    drawn from a generator seeded by (seed, batch index).
+    """
+    gen = None
+    if logit_noise > 0:
+        gen = torch.Generator(device=iar.device).manual_seed(batch_seed(seed, batch_index))
+    out = iar.generate(labels.to(iar.device), prefix=gt.to(iar.device), prefix_len=prefix, greedy=True, cfg=None,
+                       logit_noise=logit_noise, generator=gen, use_cache=True)
+    assert isinstance(out, Tokens)
+    return out

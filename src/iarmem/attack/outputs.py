@@ -1,0 +1,233 @@
+"""The files of an extraction run: scores.csv, candidates.csv, summary.json, extracted.png.
+
+candidates.csv has one row per scored image (candidates, held-out controls, and scored images that
+were not selected), so the planted / ordinary / held-out picture can be redrawn from it alone.
+Every file is written atomically by rank 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iarmem.attack.decide import METRICS
+from iarmem.attack.figure import save_pairs
+from iarmem.attack.pipeline import TOKENS_FILE, AttackResult, Selection, decoder, describe_positions
+from iarmem.attack.select import rank_order, ranking_key
+from iarmem.attack.settings import AttackSettings
+from iarmem.data import ImageDataset, Plan
+from iarmem.fileio import write_json, write_text
+from iarmem.models.base import IAR
+from iarmem.plans import group_of
+
+SCORES_FILE = "scores.csv"
+CANDIDATES_FILE = "candidates.csv"
+SUMMARY_FILE = "summary.json"
+FIGURE_FILE = "extracted.png"
+OUTPUTS = (CANDIDATES_FILE, SUMMARY_FILE, FIGURE_FILE, SCORES_FILE, TOKENS_FILE)
+SCORE_COLUMNS = ("id", "label", "top1", "gt_prob", "loss")
+MEASURES = ("tokens", "tokens_fg", "background_share", "prefix_background", "ssim", "psnr", "sscd", "features")
+GROUPS = ("planted", "ordinary", "heldout", "other")
+
+
+# ---- scores (the resume point) ---------------------------------------------------------------------
+def write_scores(path: Path, scores: dict[str, np.ndarray]) -> None:
+    """Scores at full precision (repr), so a resumed run selects exactly the same candidates."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SCORE_COLUMNS)
+    for row in zip(*(scores[k] for k in SCORE_COLUMNS)):
+        w.writerow([int(row[0]), int(row[1])] + [repr(float(v)) for v in row[2:]])
+    write_text(path, buf.getvalue())
+
+
+def read_scores(path: Path | None, ids: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The scores file if it holds exactly ``ids``; None otherwise (then the run scores again)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        out = {k: np.array([float(r[k]) for r in rows]) for k in SCORE_COLUMNS}
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    out["id"], out["label"] = out["id"].astype(np.int64), out["label"].astype(np.int64)
+    return out if np.array_equal(out["id"], ids) else None
+
+
+# ---- per-image table --------------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else f"{float(v):.6f}"
+    return "" if v is None else str(v)
+
+
+def class_ranks(scores: dict[str, np.ndarray], by: str) -> np.ndarray:
+    """Rank (1 = most suspicious) of each scored image's score within its class."""
+    score, tiebreak = ranking_key(scores, by)
+    order = rank_order(scores["id"], score, tiebreak)
+    ranks = np.zeros(len(order), dtype=np.int64)
+    for c in np.unique(scores["label"]):
+        pos = order[scores["label"][order] == c]
+        ranks[pos] = np.arange(1, len(pos) + 1)
+    return ranks
+
+
+def table(ds: ImageDataset, plan: Plan | None, s: AttackSettings, scores: dict[str, np.ndarray],
+          result: AttackResult) -> list[dict[str, str]]:
+    """candidates.csv as rows of strings, in id order."""
+    ids = np.union1d(scores["id"], result.ids)
+    groups = group_of(plan, ids)
+    at_score = {int(i): k for k, i in enumerate(scores["id"])}
+    at_gen = {int(i): k for k, i in enumerate(result.ids)}
+    ranks = class_ranks(scores, s.score_by) if len(scores["id"]) else np.zeros(0, dtype=np.int64)
+    names = [m for m in MEASURES if m in result.measures]
+    rows = []
+    for i, g in zip(ids.tolist(), groups):
+        label = int(ds.labels[i])
+        row: dict[str, Any] = {"id": i, "source": ds.source_id(i), "label": label, "class": ds.classes[label],
+                               "group": g}
+        k, j = at_score.get(i), at_gen.get(i)
+        row["is_candidate"] = bool(j is not None and result.is_candidate[j])
+        row["generated"] = j is not None
+        row["score_rank"] = int(ranks[k]) if k is not None else None
+        for c in ("top1", "gt_prob", "loss"):
+            row[c] = float(scores[c][k]) if k is not None else None
+        for m in names:
+            row[m] = float(result.measures[m][j]) if j is not None else None
+        row["similarity"] = float(result.similarity[j]) if j is not None else None
+        row["extracted"] = bool(result.extracted[j]) if j is not None else None
+        row["copies_other"] = bool(result.copies_other[j]) if j is not None else None
+        row["other_similarity"] = float(result.measures["other_similarity"][j]) if j is not None else None
+        other = int(result.measures["other_id"][j]) if j is not None else -1
+        row["other_id"] = other if other >= 0 else None
+        rows.append({key: _fmt(v) for key, v in row.items()})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    if not rows:
+        write_text(path, "")
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+# ---- summary ----------------------------------------------------------------------------------------
+def _mean(x: np.ndarray) -> float | None:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else None
+
+
+def by_group(plan: Plan | None, scores: dict[str, np.ndarray], result: AttackResult) -> dict[str, Any]:
+    """Per planted / ordinary / held-out / other: scored, generated, extracted, rates, mean scores."""
+    g_scored, g_gen = group_of(plan, scores["id"]), group_of(plan, result.ids)
+    sizes = ({"planted": len(plan.planted_ids), "ordinary": len(plan.ordinary_ids),
+              "heldout": len(plan.heldout_ids)} if plan is not None else {})
+    out: dict[str, Any] = {}
+    for g in GROUPS:
+        sc, ge = g_scored == g, g_gen == g
+        if not sc.any() and not ge.any():
+            continue
+        ext = int(result.extracted[ge].sum())
+        out[g] = {
+            "in_plan": sizes.get(g),
+            "scored": int(sc.sum()),
+            "mean_top1": _mean(scores["top1"][sc]),
+            "generated": int(ge.sum()),
+            "candidates": int(result.is_candidate[ge].sum()),
+            "extracted": ext,
+            "rate": ext / int(ge.sum()) if ge.any() else None,
+            "recall": ext / sizes[g] if sizes.get(g) else None,
+            "mean_similarity": _mean(result.similarity[ge]),
+            "copies_other": int(result.copies_other[ge].sum()),
+        }
+    return out
+
+
+def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, sel: Selection,
+              scores: dict[str, np.ndarray], result: AttackResult, source: dict[str, Any] | None,
+              world_size: int) -> dict[str, Any]:
+    """summary.json: the headline, the decision rule, rates per group and class, and how it was run."""
+    cand = result.is_candidate
+    n, k = int(cand.sum()), int((result.extracted & cand).sum())
+    groups = by_group(plan, scores, result)
+    by_class = {}
+    for c in np.unique(result.labels[cand]):
+        m = cand & (result.labels == c)
+        by_class[ds.classes[int(c)]] = {"candidates": int(m.sum()), "extracted": int((result.extracted & m).sum())}
+    notes = []
+    if result.calibration is not None:
+        notes.append("the threshold was calibrated on the held-out images, so their rate is at most the chosen "
+                     "false-positive rate by construction")
+    if plan is None:
+        notes.append("no planting manifest: no ground truth, every image is in group 'other'")
+    return {
+        "model": source,
+        "data": ds.describe(),
+        "candidates": n,
+        "extracted": k,
+        "extracted_rate": k / n if n else None,
+        "metric": result.metric,
+        "metric_description": METRICS[result.metric].what,
+        "threshold": result.threshold,
+        "threshold_rule": result.threshold_rule,
+        "calibration": result.calibration.as_dict() if result.calibration is not None else None,
+        "decision": f"extracted when {result.metric} > {result.threshold:.6g}",
+        "rates": {g: groups[g]["rate"] for g in ("planted", "ordinary", "heldout") if g in groups},
+        "by_group": groups,
+        "by_class": by_class,
+        "copies_other": {"candidates": int((result.copies_other & cand).sum()),
+                         "heldout": int((result.copies_other & ~cand).sum())},
+        "scoring": {"subset": sel.subset, "scored": len(scores["id"]), "heldout_controls": len(sel.heldout),
+                    "positions": describe_positions(iar, s.last), "score_by": s.score_by,
+                    "selection": "explicit --ids" if s.ids is not None else
+                    f"top {s.top} {'per class' if s.per_class else 'overall'}"},
+        "prefix": {"steps": result.prefix, "tokens": result.prefix_tokens, "rule": result.prefix_rule,
+                   "mean_prefix_background": _mean(result.measures["prefix_background"])},
+        "generation": {"greedy": True, "cfg": None, "logit_noise": s.logit_noise, "seed": s.seed},
+        "notes": notes,
+        "settings": s.as_dict(),
+        "world_size": world_size,
+        "timing": {k: round(v, 3) for k, v in result.timing.items()},
+    }
+
+
+# ---- figure ------------------------------------------------------------------------------------------
+def write_figure(path: Path, iar: IAR, s: AttackSettings, result: AttackResult) -> None:
+    """The extracted candidates, most similar first; when none is, the closest candidates, titled so."""
+    cand = np.nonzero(result.is_candidate)[0]
+    sims = np.nan_to_num(result.similarity[cand], nan=-np.inf)
+    order = cand[np.lexsort((result.ids[cand], -sims))]
+    ext = order[result.extracted[order]]
+    k, n, rule = len(ext), len(cand), f"{result.metric} > {result.threshold:.3g}"
+    if k:
+        show = ext[: s.figure_pairs]
+        title = f"extracted {k} of {n} candidates ({rule}); each pair: reconstruction | generation"
+    else:
+        show = order[: s.figure_pairs]
+        title = f"no candidate extracted ({rule}); the {len(show)} closest pairs: reconstruction | generation"
+    decode01 = decoder(iar)
+    rec, gen = decode01(result.gt[show]), decode01(result.gen[show])
+    captions = [f"{int(result.ids[i])}  {result.similarity[i]:.3f}" for i in show]
+    save_pairs(path, rec, gen, captions, title)
+
+
+def write_all(out: Path, iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings,
+              scores: dict[str, np.ndarray], result: AttackResult, summary: dict[str, Any]) -> None:
+    write_csv(out / CANDIDATES_FILE, table(ds, plan, s, scores, result))
+    write_figure(out / FIGURE_FILE, iar, s, result)
+    write_json(out / SUMMARY_FILE, summary)

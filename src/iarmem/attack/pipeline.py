@@ -1,0 +1,414 @@
+"""The attack end to end: score -> select -> generate -> measure -> decide, sharded like other stages.
+
+Work is cut into fixed batches of ``batch_size`` images in id order and rank r takes batches
+r, r + N, ...: every batch sees the same images (and the same logit-noise seed) whatever the number
+of processes, so N processes write what one process writes. Results are gathered to every rank;
+the decision and the files are made by rank 0 and its result is broadcast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from iarmem.attack import control
+from iarmem.attack.decide import Calibration, Metric, calibrate, choose_metric, copies_other, extracted
+from iarmem.attack.generate import check_prefix, default_prefix, describe_prefix, generate_batch, prefix_tokens
+from iarmem.attack.scoring import score_tokens, scored_positions
+from iarmem.attack.select import ranking_key, select_top
+from iarmem.attack.settings import AttackSettings, load_extractors
+from iarmem.attack.similarity import Embedder, background_ids, embed, prefix_background, psnr, ssim, token_measures
+from iarmem.data import ImageDataset, Plan
+from iarmem.distributed import World, all_gather_object
+from iarmem.errors import UserError
+from iarmem.fileio import atomic_path
+from iarmem.models.base import IAR, Tokens
+from iarmem.plans import select_ids
+from iarmem.progress import log, progress
+from iarmem.tokens import load_views
+
+T = TypeVar("T")
+Arrays = dict[str, np.ndarray]
+TOKENS_FILE = "generated.safetensors"
+
+
+# ---- sharding helpers -----------------------------------------------------------------------------
+def _batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def _sharded(n: int, batch_size: int, world: World, desc: str,
+             fn: Callable[[int, slice], dict[str, np.ndarray]]) -> Arrays:
+    """Run ``fn(batch_index, rows)`` over this rank's batches; gather and concatenate in batch order."""
+    batches = _batches(n, batch_size)
+    mine = list(range(world.rank, len(batches), world.size))
+    local = {b: fn(b, batches[b]) for b in progress(mine, total=len(mine), desc=desc, enabled=world.is_main)}
+    merged: dict[int, dict[str, np.ndarray]] = {}
+    for part in all_gather_object(local, world):
+        merged.update(part)  # type: ignore[arg-type]
+    if not merged:
+        return {}
+    keys = merged[0].keys()
+    return {k: np.concatenate([merged[b][k] for b in range(len(batches))]) for k in keys}
+
+
+def from_main(world: World, fn: Callable[[], T]) -> T:
+    """``fn()`` computed on rank 0 and sent to every rank; a UserError there is raised on every rank."""
+    if not world.active:
+        return fn()
+    msg: tuple[str, Any] = ("ok", None)
+    if world.is_main:
+        try:
+            msg = ("ok", fn())
+        except UserError as e:
+            msg = ("error", str(e))
+        except BaseException as e:
+            all_gather_object(("crash", f"rank 0 failed: {type(e).__name__}: {e}"), world)
+            raise
+    kind, value = all_gather_object(msg, world)[0]  # type: ignore[misc]
+    if kind != "ok":
+        raise UserError(value)
+    return value
+
+
+# ---- scoring ---------------------------------------------------------------------------------------
+def score_images(iar: IAR, ds: ImageDataset, ids: np.ndarray, *, last: int | None = None, batch_size: int = 32,
+                 seed: int = 0, world: World | None = None) -> Arrays:
+    """Teacher-forced scores of the eval view of each image: id, label, top1, gt_prob, loss (id order kept)."""
+    world = world or World()
+    ids = np.asarray(ids, dtype=np.int64)
+    positions = _positions(iar, last)
+
+    def one(_b: int, rows: slice) -> dict[str, np.ndarray]:
+        x, y = load_views(iar, ds, ids[rows], 0, seed)
+        sc = score_tokens(iar, iar.tokenize(x), y.to(iar.device), positions)
+        return {"id": ids[rows], "label": y.numpy()} | {k: v.double().numpy() for k, v in sc.items()}
+
+    with torch.no_grad():
+        out = _sharded(len(ids), batch_size, world, "score", one)
+    empty = np.zeros(0)
+    return out or {"id": ids, "label": ids.copy(), "top1": empty, "gt_prob": empty, "loss": empty}
+
+
+def _positions(iar: IAR, last: int | None) -> slice:
+    if last is not None and len(iar.grids) > 1:
+        raise UserError("--last applies to raster models (RAR, LlamaGen); VAR is scored on its last scale")
+    try:
+        return scored_positions(iar, last)
+    except ValueError as e:
+        raise UserError(f"--last: {e}") from None
+
+
+def describe_positions(iar: IAR, last: int | None) -> str:
+    pos = _positions(iar, last)
+    n = pos.stop - pos.start
+    if len(iar.grids) > 1:
+        h, w = iar.grids[-1]
+        return f"last scale ({h}x{w} = {n} tokens)"
+    return f"last {n} of {iar.seq_len} tokens"
+
+
+# ---- generation and measurement --------------------------------------------------------------------
+def generate_tokens(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, prefix: int,
+                    s: AttackSettings, world: World) -> tuple[Tensor, Tensor]:
+    """Ground-truth eval-view tokens and the greedy continuations of their prefixes: two [N, L] int32."""
+
+    def one(b: int, rows: slice) -> dict[str, np.ndarray]:
+        x, _ = load_views(iar, ds, ids[rows], 0, s.seed)
+        gt = iar.tokenize(x)
+        gen = generate_batch(iar, gt, torch.as_tensor(labels[rows]), prefix, logit_noise=s.logit_noise,
+                             seed=s.seed, batch_index=b)
+        return {"gt": gt.ids_BL.to("cpu", torch.int32).numpy(), "gen": gen.ids_BL.to("cpu", torch.int32).numpy()}
+
+    with torch.no_grad():
+        out = _sharded(len(ids), s.batch_size, world, "generate", one)
+    if not out:
+        empty = torch.zeros(0, iar.seq_len, dtype=torch.int32)
+        return empty, empty
+    return torch.from_numpy(out["gt"]), torch.from_numpy(out["gen"])
+
+
+def decoder(iar: IAR, on_device: bool = False) -> Callable[[Tensor], Tensor]:
+    """Token ids [B, L] -> images [B, 3, H, W] in [0, 1] (float32; on the model's device or the CPU).
+
+    Similarities are computed where the images are: SSIM of thousands of 256 px pairs is slow on a CPU.
+    """
+
+    @torch.no_grad()
+    def decode01(ids_BL: Tensor) -> Tensor:
+        img = iar.to_unit_range(iar.decode(Tokens(ids_BL.long().to(iar.device), iar.grids))).clamp(0, 1).float()
+        return img if on_device else img.cpu()
+
+    return decode01
+
+
+def measure_pixels(iar: IAR, gt: Tensor, gen: Tensor, extractors: dict[str, Embedder], batch_size: int,
+                   world: World) -> Arrays:
+    """Per image: SSIM, PSNR and each extractor's cosine (+ the embeddings, ``emb_gen:NAME`` / ``emb_rec:NAME``)."""
+    decode01 = decoder(iar, on_device=True)
+
+    def one(_b: int, rows: slice) -> dict[str, np.ndarray]:
+        rec, img = decode01(gt[rows]), decode01(gen[rows])
+        out = {"ssim": ssim(img, rec).double().cpu().numpy(), "psnr": psnr(img, rec).double().cpu().numpy()}
+        for name, ext in extractors.items():
+            dev = getattr(ext, "device", iar.device)
+            e_rec, e_gen = embed(ext, rec.to(dev)), embed(ext, img.to(dev))
+            out[name] = (e_rec * e_gen).sum(1).double().numpy()
+            out[f"emb_rec:{name}"], out[f"emb_gen:{name}"] = e_rec.numpy(), e_gen.numpy()
+        return out
+
+    return _sharded(len(gt), batch_size, world, "compare", one)
+
+
+# ---- the decision ---------------------------------------------------------------------------------
+@dataclass
+class AttackResult:
+    """Per generated image (rows in id order) and the rule that judged them."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    is_candidate: np.ndarray
+    gt: Tensor
+    gen: Tensor
+    measures: dict[str, np.ndarray]
+    metric: str
+    threshold: float
+    threshold_rule: str
+    calibration: Calibration | None
+    prefix: int
+    prefix_tokens: int
+    prefix_rule: str
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def similarity(self) -> np.ndarray:
+        return self.measures[self.metric]
+
+    @property
+    def extracted(self) -> np.ndarray:
+        return self.measures["extracted"].astype(bool)
+
+    @property
+    def copies_other(self) -> np.ndarray:
+        return self.measures["copies_other"].astype(bool)
+
+    def summary(self) -> dict[str, Any]:
+        """The headline: extracted candidates by the decision rule."""
+        cand = self.is_candidate
+        return {"candidates": int(cand.sum()), "extracted": int((self.extracted & cand).sum()),
+                "metric": self.metric, "threshold": self.threshold, "threshold_rule": self.threshold_rule}
+
+
+def _threshold(metric: Metric, s: AttackSettings, sims: np.ndarray,
+               heldout: np.ndarray) -> tuple[float, str, Calibration | None]:
+    if s.calibrate:
+        cal = calibrate(sims[heldout], s.fpr, lo=metric.lo)
+        return cal.threshold, cal.rule(), cal
+    if s.threshold is not None:
+        return s.threshold, "fixed by --threshold", None
+    return metric.default_threshold, f"default for {metric.name}: {metric.what}", None
+
+
+def _decide(iar: IAR, s: AttackSettings, metric: Metric, ids: np.ndarray, labels: np.ndarray,
+            is_candidate: np.ndarray, heldout: np.ndarray, gt: Tensor, gen: Tensor, prefix: int,
+            pix: Arrays) -> AttackResult:
+    """Token measures, threshold, decisions and the class-only control (rank 0)."""
+    start = prefix_tokens(iar, prefix)
+    bg = background_ids(gt, Tokens(gt[:1].long(), iar.grids).begin_ends) if len(gt) else torch.zeros(iar.seq_len)
+    measures = {k: v.double().numpy() for k, v in token_measures(gen, gt, start, bg).items()}
+    measures["prefix_background"] = prefix_background(gt, start, bg).double().numpy()
+    measures |= {k: v for k, v in pix.items() if not k.startswith("emb_")}
+    sims = measures[metric.name]
+    threshold, rule, cal = _threshold(metric, s, sims, heldout)
+    measures["extracted"] = extracted(sims, threshold)
+    if metric.name == "tokens":
+        fn = control.token_sim_fn(gen, gt, start)
+    elif metric.name in ("ssim", "psnr"):
+        fn = control.pixel_sim_fn(metric.name, decoder(iar, on_device=True), gen, gt, s.batch_size,
+                                  (3, iar.image_size, iar.image_size))
+    else:
+        fn = control.feature_sim_fn(torch.from_numpy(pix[f"emb_gen:{metric.name}"]),
+                                    torch.from_numpy(pix[f"emb_rec:{metric.name}"]))
+    other, other_id = control.best_other(fn, ids, labels, is_candidate)
+    measures["other_similarity"], measures["other_id"] = other, other_id
+    measures["copies_other"] = copies_other(sims, other, threshold)
+    return AttackResult(ids, labels, is_candidate, gt, gen, measures, metric.name, threshold, rule, cal, prefix,
+                        start, describe_prefix(iar, prefix, s.prefix is None))
+
+
+def _cached_tokens(path: Path | None, ids: np.ndarray, prefix: int, seq_len: int) -> tuple[Tensor, Tensor] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        t = load_file(str(path))
+    except (SafetensorError, OSError, ValueError):
+        return None
+    ok = (np.array_equal(t["ids"].numpy(), ids) and int(t["prefix"]) == prefix and t["gt"].shape[1:] == (seq_len,))
+    return (t["gt"], t["gen"]) if ok else None
+
+
+def _save_tokens(path: Path, ids: np.ndarray, prefix: int, gt: Tensor, gen: Tensor) -> None:
+    with atomic_path(path) as tmp:
+        save_file({"ids": torch.from_numpy(ids), "prefix": torch.tensor(prefix), "gt": gt.contiguous(),
+                   "gen": gen.contiguous()}, str(tmp))
+
+
+def attack_ids(iar: IAR, ds: ImageDataset, ids: Sequence[int] | np.ndarray, labels: Sequence[int] | None = None,
+               settings: AttackSettings | None = None, *, heldout: Sequence[int] | np.ndarray = (),
+               extractors: dict[str, Embedder] | None = None, world: World | None = None,
+               token_cache: Path | None = None, reuse_tokens: bool = False) -> AttackResult:
+    """Generate from the prefixes of ``ids`` (+ held-out controls) and judge each: the attack without selection.
+
+    ``labels`` override the class a candidate is prompted with (default: its dataset label).
+    ``heldout`` images are generated and judged too (never candidates) and calibrate the threshold
+    when ``settings.calibrate``. The mitigation sweep calls this on edited models in memory.
+    ``token_cache``: where rank 0 saves the generated tokens; with ``reuse_tokens`` a cache that
+    holds the same ids and prefix is read instead of generating again.
+    """
+    s = (settings or AttackSettings()).validate()
+    world = world or World()
+    extractors = load_extractors(s, iar.device) if extractors is None else extractors
+    metric = choose_metric(s.metric, set(extractors))
+    given = np.asarray(ids, dtype=np.int64).reshape(-1)
+    held = np.unique(np.asarray(heldout, dtype=np.int64))
+    all_ids = np.union1d(given, held)
+    if len(all_ids) == 0:
+        raise UserError("no images to attack: the id list is empty")
+    _check_ids(all_ids, len(ds))
+    if labels is not None and len(labels) != len(given):
+        raise UserError(f"{len(labels)} labels for {len(given)} ids")
+    label_of = dict(zip(given.tolist(), (ds.labels[given] if labels is None else np.asarray(labels)).tolist()))
+    lab = np.array([label_of.get(int(i), int(ds.labels[i])) for i in all_ids], dtype=np.int64)
+    if len(lab) and (lab.min() < 0 or lab.max() >= iar.num_classes):
+        raise UserError(f"class labels must lie in [0, {iar.num_classes}) for this model; the data has "
+                        f"{int(lab.max()) + 1} classes")
+    prefix = check_prefix(iar, default_prefix(iar) if s.prefix is None else s.prefix)
+    is_heldout = np.isin(all_ids, held)
+    is_candidate = np.isin(all_ids, given) & ~is_heldout
+
+    t0 = time.monotonic()
+    cached = from_main(world, lambda: _cached_tokens(token_cache if reuse_tokens else None, all_ids, prefix,
+                                                     iar.seq_len))
+    if cached is None:
+        gt, gen = generate_tokens(iar, ds, all_ids, lab, prefix, s, world)
+        if token_cache is not None and world.is_main:
+            _save_tokens(token_cache, all_ids, prefix, gt, gen)
+    else:
+        gt, gen = cached
+        if world.is_main:
+            log(f"reusing the generations in {token_cache}")
+    t1 = time.monotonic()
+    pix = measure_pixels(iar, gt, gen, extractors, s.batch_size, world)
+    result = from_main(world, lambda: _decide(iar, s, metric, all_ids, lab, is_candidate, is_heldout, gt, gen,
+                                              prefix, pix))
+    result.timing = {"generation_s": t1 - t0, "decision_s": time.monotonic() - t1}
+    return result
+
+
+def check_model(iar: IAR, ds: ImageDataset, s: AttackSettings, extractors: dict[str, Embedder]) -> int:
+    """Everything about the settings that needs the model, checked before any file is written; the prefix."""
+    _positions(iar, s.last)
+    choose_metric(s.metric, set(extractors))
+    if len(ds.labels) and int(ds.labels.max()) >= iar.num_classes:
+        raise UserError(f"the data has {int(ds.labels.max()) + 1} classes but the model only {iar.num_classes}; "
+                        f"pass the dataset the model was trained on")
+    return check_prefix(iar, default_prefix(iar) if s.prefix is None else s.prefix)
+
+
+def _check_ids(ids: np.ndarray, n: int) -> None:
+    bad = ids[(ids < 0) | (ids >= n)]
+    if len(bad):
+        raise UserError(f"image id {int(bad[0])} is not in the dataset (ids 0..{n - 1})")
+
+
+# ---- the whole attack -----------------------------------------------------------------------------
+@dataclass
+class Selection:
+    """Which images were scored and which of them the attack generates."""
+
+    pool: np.ndarray  # candidate pool (held-out ids removed)
+    heldout: np.ndarray  # control images (always scored and generated when a plan exists)
+    subset: str  # how the pool was chosen
+
+    @property
+    def scored(self) -> np.ndarray:
+        return np.union1d(self.pool, self.heldout)
+
+
+def image_pool(ds: ImageDataset, plan: Plan | None, s: AttackSettings) -> Selection:
+    """The images to score: ``--ids`` or ``--subset`` (thinned), plus the held-out controls of a plan."""
+    heldout = np.sort(plan.heldout_ids) if plan is not None else np.empty(0, dtype=np.int64)
+    if s.ids is not None:
+        pool = np.unique(np.asarray(s.ids, dtype=np.int64))
+        _check_ids(pool, len(ds))
+        subset = "ids"
+    else:
+        subset = s.subset or ("train" if plan is not None else "all")
+        pool = select_ids(ds, plan, subset, fraction=s.fraction, per_class=s.per_class_subset, seed=s.seed)
+    pool = np.setdiff1d(pool, heldout)
+    if s.calibrate and len(heldout) == 0:
+        raise UserError("--calibrate needs held-out images (a model folder with a planting manifest); "
+                        "pass --threshold instead")
+    if len(pool) == 0:
+        raise UserError(f"no images to attack: subset {subset!r} holds only held-out images or none at all")
+    return Selection(pool, heldout, subset)
+
+
+def choose_candidates(scores: Arrays, sel: Selection, s: AttackSettings) -> np.ndarray:
+    """``--ids`` as given, else the top ``s.top`` of the pool per class (or overall) by the score."""
+    if s.ids is not None:
+        return sel.pool
+    in_pool = np.isin(scores["id"], sel.pool)
+    score, tiebreak = ranking_key({k: v[in_pool] for k, v in scores.items()}, s.score_by)
+    return select_top(scores["id"][in_pool], scores["label"][in_pool], score, tiebreak, s.top, s.per_class)
+
+
+def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSettings | None = None,
+               out_dir: str | Path | None = None, *, world: World | None = None, source: dict[str, Any] | None = None,
+               extractors: dict[str, Embedder] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Score, select, generate and decide; with ``out_dir`` write candidates.csv, summary.json, extracted.png.
+
+    Returns the summary (the same dict on every rank). With ``resume`` the scores (scores.csv) and
+    generations (generated.safetensors) already in ``out_dir`` are reused when they fit.
+    """
+    from iarmem.attack import outputs  # the writers need pipeline's types; import here, not at module load
+
+    s = (settings or AttackSettings()).validate()
+    world = world or World()
+    out = Path(out_dir) if out_dir is not None else None
+    t0 = time.monotonic()
+    sel = image_pool(ds, plan, s)
+    extractors = load_extractors(s, iar.device) if extractors is None else extractors
+    prefix = check_model(iar, ds, s, extractors)
+    if world.is_main:
+        log(f"scoring {len(sel.scored)} images ({describe_positions(iar, s.last)}; {len(sel.heldout)} held out); "
+            f"prefix: {describe_prefix(iar, prefix, s.prefix is None)}")
+    scores_file = out / outputs.SCORES_FILE if out is not None else None
+    scores = from_main(world, lambda: outputs.read_scores(scores_file, sel.scored) if resume and scores_file else None)
+    if scores is None:
+        scores = score_images(iar, ds, sel.scored, last=s.last, batch_size=s.batch_size, seed=s.seed, world=world)
+        if scores_file is not None and world.is_main:
+            outputs.write_scores(scores_file, scores)
+    elif world.is_main:
+        log(f"reusing the scores in {scores_file}")
+    t_score = time.monotonic() - t0
+    candidates = from_main(world, lambda: choose_candidates(scores, sel, s))
+    if world.is_main:
+        log(f"generating {len(candidates)} candidates + {len(sel.heldout)} held-out controls")
+    result = attack_ids(iar, ds, candidates, None, s, heldout=sel.heldout, extractors=extractors, world=world,
+                        token_cache=out / TOKENS_FILE if out is not None else None, reuse_tokens=resume)
+    result.timing = {"scoring_s": t_score, **result.timing, "total_s": time.monotonic() - t0}
+    summary = from_main(world, lambda: outputs.summarize(iar, ds, plan, s, sel, scores, result, source,
+                                                         world.size))
+    if out is not None and world.is_main:
+        outputs.write_all(out, iar, ds, plan, s, scores, result, summary)
+    return summary

@@ -1,0 +1,153 @@
+"""Extraction attack (Kowalczuk et al. 2025): how many training images the model reproduces.
+
+  iarmem extract runs/var mnist --out runs/extract-var
+  iarmem extract var-d16 imagenet/train --tokenizer vae_ch160v4096z32.pth --weights var_d16.pth
+      --fraction 0.01 --sscd sscd_disc_mixup.torchscript.pt --device cuda --out runs/extract-d16
+
+Scores every image of --subset with one teacher-forced pass, takes the top --top per class,
+prompts the model with each candidate's label and ground-truth prefix, decodes greedily and
+compares the generation with the tokenizer's reconstruction of the image. Held-out images of a
+planted model are generated too, as the control. Writes candidates.csv (one row per scored
+image), summary.json (extracted counts and planted / ordinary / held-out rates) and
+extracted.png. Runs sharded under `torchrun --nproc_per_node N -m iarmem extract ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from iarmem.attack import AttackSettings, load_extractors, run_attack
+from iarmem.attack.decide import METRICS
+from iarmem.attack.outputs import OUTPUTS
+from iarmem.attack.pipeline import check_model, from_main, image_pool
+from iarmem.attack.select import SCORES, parse_ids
+from iarmem.data import open_dataset
+from iarmem.distributed import barrier, close, init_world
+from iarmem.models.loading import is_model_folder, open_model
+from iarmem.plans import MANIFEST, SUBSETS, model_plan
+from iarmem.progress import log
+from iarmem.runs import Run, start_run
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model folder (iarmem train / mitigate) or a preset name with --tokenizer/--weights")
+    p.add_argument("data", help="'mnist' (bundled), an image folder or a path list: the images the model trained on")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--tokenizer", help="official tokenizer file (presets), or a replacement for the folder's")
+    p.add_argument("--weights", help="official transformer file (presets), or a replacement for the folder's")
+    g = p.add_argument_group("images scored")
+    g.add_argument("--subset", choices=SUBSETS,
+                   help="images scored: default 'train' when the model folder has a planting manifest, else 'all'")
+    g.add_argument("--fraction", type=float, help="thin the subset to this class-balanced fraction (e.g. 0.01)")
+    g.add_argument("--per-class-subset", type=int, help="thin the subset to this many images per class")
+    g.add_argument("--ids", help="attack exactly these image ids (a comma list or a file); no selection")
+    g = p.add_argument_group("candidate selection")
+    g.add_argument("--top", type=int, default=5, help="candidates per class (or overall with --global); default 5")
+    sc = g.add_mutually_exclusive_group()
+    sc.add_argument("--per-class", dest="per_class", action="store_true", default=True,
+                    help="take the top N of every class (default, as the paper)")
+    sc.add_argument("--global", dest="per_class", action="store_false", help="take the top N overall")
+    g.add_argument("--score", choices=SCORES, default="top1",
+                   help="candidate score: teacher-forced top-1 accuracy (default, the paper's), mean ground-truth "
+                        "probability, or loss (lower = more suspicious)")
+    g.add_argument("--last", type=int,
+                   help="raster models: score the last K tokens (default 99 of 256, proportional when shorter)")
+    g = p.add_argument_group("generation")
+    g.add_argument("--prefix", type=int, help="ground-truth prefix in generation steps (VAR: scales; raster: tokens); "
+                   "default 40%% of VAR scales rounded up (4 of 10), raster 30 tokens per 16 grid columns (30 of 256)")
+    g.add_argument("--logit-noise", type=float, default=0.0,
+                   help="std of Gaussian noise added to the logits (the defense baseline); default 0")
+    g = p.add_argument_group("decision")
+    g.add_argument("--metric", choices=list(METRICS),
+                   help="decision similarity: default sscd with --sscd, else features with --features, else tokens "
+                        "(token agreement after the prefix)")
+    g.add_argument("--threshold", type=float, help="extracted when the similarity exceeds this (default: sscd / "
+                   "features / ssim 0.75, tokens 0.9, psnr 20 dB)")
+    g.add_argument("--calibrate", action="store_true",
+                   help="choose the threshold on the held-out images: the smallest at which at most --fpr count")
+    g.add_argument("--fpr", type=float, default=0.01, help="calibration false-positive rate (default 0.01)")
+    g.add_argument("--sscd", help="SSCD copy-detection TorchScript file (the paper's measure)")
+    g.add_argument("--features", help="a TorchScript feature extractor FILE (input side --features-size), "
+                   "trained:PATH (the CNN iarmem trains, see features.py) or torchscript:PATH[:SIZE]")
+    g.add_argument("--features-size", type=int, default=224, help="input side of --features (default 224)")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    g.add_argument("--seed", type=int, default=0, help="seed of subset thinning and logit noise (default 0)")
+    g.add_argument("--figure-pairs", type=int, default=32, help="pairs shown in extracted.png (default 32)")
+    g.add_argument("--resume", action="store_true", help="continue a stopped run in --out, reusing its scores")
+    g.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+
+
+def settings_from(args: argparse.Namespace, num_images: int) -> AttackSettings:
+    ids = tuple(int(i) for i in parse_ids(args.ids, num_images)) if args.ids else None
+    return AttackSettings(
+        subset=args.subset, fraction=args.fraction, per_class_subset=args.per_class_subset, ids=ids, top=args.top,
+        per_class=args.per_class, score_by=args.score, last=args.last, prefix=args.prefix,
+        logit_noise=args.logit_noise, metric=args.metric, threshold=args.threshold, calibrate=args.calibrate,
+        fpr=args.fpr, sscd=args.sscd, features=args.features, features_size=args.features_size,
+        batch_size=args.batch_size, seed=args.seed, figure_pairs=args.figure_pairs,
+    ).validate()
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{k} of {n} ({k / n:.0%})" if n else "none"
+
+
+def end_summary(s: dict[str, Any], model: str, out: str) -> str:
+    """The one paragraph a person reads at the end of the run."""
+    text = (f"Extraction attack on {model}: {s['extracted']} of {s['candidates']} candidates extracted "
+            f"({s['decision']}; threshold {s['threshold_rule']}).")
+    groups = s["by_group"]
+    parts = [f"{name} {_pct(groups[g]['extracted'], groups[g]['generated'])}"
+             for g, name in (("planted", "planted"), ("ordinary", "ordinary"), ("heldout", "held-out"))
+             if g in groups and groups[g]["generated"]]
+    if parts:
+        text += " Generated and extracted: " + ", ".join(parts) + "."
+    cop = s["copies_other"]
+    if cop["candidates"] or cop["heldout"]:
+        text += (f" {cop['candidates']} candidate and {cop['heldout']} held-out generations copy another "
+                 f"training image of their class (class-only conditioning; see copies_other).")
+    text += f" Prefix: {s['prefix']['rule']}. Results in {out}: candidates.csv, summary.json, extracted.png."
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    world = init_world(args.device)
+    try:
+        ds = open_dataset(args.data)
+        plan = model_plan(args.model, ds) if is_model_folder(args.model) else None
+        settings = settings_from(args, len(ds))
+        iar, source = open_model(args.model, args.tokenizer, args.weights, device=world.device)
+        extractors = load_extractors(settings, world.device)
+        check_model(iar, ds, settings, extractors)
+        image_pool(ds, plan, settings)
+        inputs = {"model": args.model if Path(args.model).is_dir() else args.weights, "tokenizer": args.tokenizer,
+                  "weights": args.weights, "sscd": settings.sscd, "features": settings._features_path()}
+        if plan is not None:
+            inputs["manifest"] = str(Path(args.model) / MANIFEST)
+        record = {"model": args.model, "data": ds.describe(), "attack": settings.as_dict()}
+
+        def open_run() -> dict[str, Any]:
+            r = start_run(args.out, "extract", record, inputs, seed=args.seed, overwrite=args.overwrite,
+                          resume=args.resume)
+            return r.record
+
+        run_ = Run(Path(args.out), from_main(world, open_run))
+        barrier(world)
+        if run_.done:
+            if world.is_main:
+                log(f"{args.out}: this extraction run already finished")
+            return 0
+        summary = run_attack(iar, ds, plan, settings, run_.path, world=world, source=source.as_dict(),
+                             extractors=extractors, resume=run_.resumed)
+        if world.is_main:
+            run_.finish(list(OUTPUTS), {k: summary[k] for k in ("candidates", "extracted", "metric", "threshold",
+                                                                "rates")})
+            print(end_summary(summary, args.model, args.out))
+        barrier(world)
+        return 0
+    finally:
+        close(world)
