@@ -1,0 +1,121 @@
+"""UnitMem per unit, per block and per scale / token bin: which units single out one training image.
+
+  iarmem localize runs/var mnist --out runs/loc-var
+  iarmem localize var-d16 train/ --tokenizer vae_ch160v4096z32.pth --weights var_d16.pth --fraction 0.01 --out d16
+  torchrun --nproc_per_node 4 -m iarmem localize ... (each process takes every 4th image)
+
+For every image, the fc1 activations (after the GELU) of a teacher-forced pass on the ground-truth
+tokens are averaged in absolute value over the token positions of each bin (VAR: its scales) and
+over --augs training augmentations. UnitMem = (mu_max - mu_-max) / (mu_max + mu_-max) with mu_-max
+the mean (or, --stat median, the median) of the other images. Writes unitmem.safetensors,
+summary.json, heatmap.png, blocks.png and top_images.png; --resume continues a killed run and
+ends with the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from iarmem.errors import UserError
+from iarmem.models.base import UNIT_KINDS
+from iarmem.plans import SUBSETS
+
+if TYPE_CHECKING:
+    from iarmem.localize.run import LocalizeConfig
+
+
+def parse_blocks(text: str | None) -> tuple[int, ...] | None:
+    """'all' / None -> None; '0-3,7' -> (0, 1, 2, 3, 7)."""
+    if text is None or text.strip().lower() == "all":
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise UserError(f"--layers {text!r}: give block numbers and ranges like 0-3,7 (or 'all')") from None
+    if not out or min(out) < 0:
+        raise UserError(f"--layers {text!r}: give block numbers >= 0 like 0-3,7 (or 'all')")
+    return tuple(sorted(set(out)))
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    bad = [k for k in kinds if k not in UNIT_KINDS]
+    if bad or not kinds:
+        raise UserError(f"--kinds {text!r}: choose from {', '.join(UNIT_KINDS)} (comma-separated)")
+    return kinds
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model folder (from `iarmem train` / `iarmem mitigate`) or a preset name "
+                   "with --tokenizer and --weights")
+    p.add_argument("data", help="'mnist' (bundled), an image folder or a list file of 'path label' lines")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--tokenizer", help="official tokenizer checkpoint (presets), or override a folder's")
+    p.add_argument("--weights", help="official transformer checkpoint (presets), or override a folder's")
+    p.add_argument("--kinds", default="fc1", help=f"unit kinds to tap, comma-separated from {', '.join(UNIT_KINDS)} "
+                   "(default fc1: the MLP hidden units after the activation)")
+    p.add_argument("--layers", default="all", help="blocks to tap, e.g. 0-3,7 (default all)")
+    p.add_argument("--augs", type=int, default=10,
+                   help="augmentations A per image: training-augmentation draws 1..A (default 10, as the paper)")
+    p.add_argument("--include-eval-view", action="store_true",
+                   help="use the evaluation crop as one of the A views (then draws 1..A-1)")
+    p.add_argument("--subset", choices=SUBSETS,
+                   help="images to localize on: default 'train' for a model with a planting manifest, else 'all'")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--fraction", type=float,
+                      help="class-balanced fraction of the subset (the paper: 0.01 of the training set)")
+    size.add_argument("--per-class", type=int, help="class-balanced: this many images per class")
+    p.add_argument("--bins", type=int, help="token-position bins of raster families (RAR / LlamaGen; default the "
+                   "model's, 16); VAR's bins are always its scales")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="images per forward; each brings its A augmentations, so a pass holds B x A sequences "
+                        "(default 8)")
+    p.add_argument("--stat", choices=["mean", "median"], default="mean",
+                   help="mu_-max over the other images: mean (memory independent of N) or median (UnitMem's "
+                        "reference code; keeps every image's mu in a float32 memmap in the run folder: N x units x "
+                        "bins x 4 bytes of disk)")
+    p.add_argument("--keep-values", action="store_true",
+                   help="--stat median: keep the per-image memmap (mu_values.f32) after the run")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="forward precision (bfloat16: under torch.autocast; statistics stay float64)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per process)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of the augmentation draws")
+    p.add_argument("--save-every", type=int, default=20, help="checkpoint every N batches (default 20; 0: never)")
+    p.add_argument("--lanes", type=int, default=8,
+                   help="float64 partial sums by image position mod K; runs on a number of processes dividing K "
+                        "reproduce a single process's sums bit for bit (default 8)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+
+
+def config_from_args(args: argparse.Namespace) -> LocalizeConfig:
+    from iarmem.localize.run import LocalizeConfig  # the stage (and matplotlib) only when it runs
+
+    return LocalizeConfig(
+        model=args.model, data=args.data, out=args.out, tokenizer=args.tokenizer, weights=args.weights,
+        kinds=parse_kinds(args.kinds), blocks=parse_blocks(args.layers), augs=args.augs,
+        include_eval_view=args.include_eval_view, subset=args.subset, fraction=args.fraction,
+        per_class=args.per_class, bins=args.bins, batch_size=args.batch_size, device=args.device, seed=args.seed,
+        dtype=args.dtype, stat=args.stat, save_every=args.save_every, lanes=args.lanes,
+        keep_values=args.keep_values, resume=args.resume, overwrite=args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    from iarmem.localize.run import localize
+    from iarmem.localize.summary import describe
+
+    summary = localize(config_from_args(args))
+    if summary is not None:
+        print("\n".join(describe(summary)))
+        print(f"wrote {args.out}/unitmem.safetensors, summary.json, heatmap.png, blocks.png, top_images.png")
+    return 0

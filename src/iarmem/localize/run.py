@@ -1,0 +1,351 @@
+"""The localize stage: stream images through a tapped model, reduce, write the UnitMem map.
+
+Order of work is a pure function of the settings: the sorted id list is cut into steps of
+W x B positions (W processes, B images per process and forward), position p goes to rank p mod W
+(``distributed.shard``), and every rank adds its rows in position order. A checkpoint is taken
+only between steps, as the reduced statistics plus the next position, so a resumed run repeats
+exactly the additions an uninterrupted run makes and ends with the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from iarmem.data import ImageDataset, Plan, open_dataset
+from iarmem.distributed import World, all_gather_object, barrier, close, init_world
+from iarmem.errors import UserError
+from iarmem.fileio import write_json
+from iarmem.localize import figures
+from iarmem.localize.results import FILE, STATS, UnitMemMap, compute_map, write_map
+from iarmem.localize.stats import UnitLayout, UnitStats, ValueStore, median_others
+from iarmem.localize.summary import (
+    bin_labels,
+    group_evidence,
+    per_layer_bin,
+    rank_units,
+    top_images,
+    top_shares,
+)
+from iarmem.localize.unitmem import DTYPES, MuCollector, view_indices
+from iarmem.models.base import IAR, UNIT_KINDS, UnitLayer
+from iarmem.models.checkpoint import read_state_dict, write_state_dict
+from iarmem.models.loading import ModelSource, open_model
+from iarmem.plans import SUBSETS, model_plan, select_ids
+from iarmem.progress import log, progress
+from iarmem.runs import Run, start_run
+from iarmem.tokens import load_views
+
+STAGE = "localize"
+STATE_FILE = "localize_state.safetensors"
+VALUES_FILE = "mu_values.f32"
+SUMMARY_FILE = "summary.json"
+FIGURES = ("heatmap.png", "blocks.png", "top_images.png")
+GRID_IMAGES = 16
+
+
+@dataclass
+class LocalizeConfig:
+    """Everything that shapes a localize run (the CLI options, one to one)."""
+
+    model: str
+    data: str
+    out: str
+    tokenizer: str | None = None
+    weights: str | None = None
+    kinds: tuple[str, ...] = ("fc1",)
+    blocks: tuple[int, ...] | None = None
+    augs: int = 10
+    include_eval_view: bool = False
+    subset: str | None = None
+    fraction: float | None = None
+    per_class: int | None = None
+    bins: int | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    seed: int = 0
+    dtype: str = "float32"
+    stat: str = "mean"
+    save_every: int = 20
+    lanes: int = 8
+    keep_values: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        checks = [
+            (self.augs >= 1, f"--augs must be >= 1, got {self.augs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.save_every >= 0, f"--save-every must be >= 0 (0: only when stopping), got {self.save_every}"),
+            (self.lanes >= 1, f"--lanes must be >= 1, got {self.lanes}"),
+            (self.stat in STATS, f"--stat must be one of {', '.join(STATS)}, got {self.stat!r}"),
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (not (self.fraction is not None and self.per_class is not None),
+             "give --fraction or --per-class, not both"),
+            (self.subset is None or self.subset in SUBSETS,
+             f"--subset must be one of {', '.join(SUBSETS)}, got {self.subset!r}"),
+            (self.bins is None or self.bins >= 1, f"--bins must be >= 1, got {self.bins}"),
+            (not (self.include_eval_view and self.augs < 1), "--include-eval-view needs --augs >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(msg)
+        bad = [k for k in self.kinds if k not in UNIT_KINDS]
+        if bad or not self.kinds:
+            raise UserError(f"unknown unit kind {', '.join(bad) or '(none)'}; choose from {', '.join(UNIT_KINDS)}")
+
+
+@dataclass
+class Setup:
+    """What every rank builds identically before the loop."""
+
+    iar: IAR
+    source: ModelSource
+    ds: ImageDataset
+    plan: Plan | None
+    subset: str
+    ids: np.ndarray
+    layers: list[UnitLayer]
+    bins_L: torch.Tensor
+    collector: MuCollector
+
+    @property
+    def layout(self) -> UnitLayout:
+        return self.collector.layout
+
+
+def prepare(cfg: LocalizeConfig, world: World) -> Setup:
+    cfg.validate()
+    iar, source = open_model(cfg.model, cfg.tokenizer, cfg.weights, device=world.device)
+    ds = open_dataset(cfg.data)
+    plan = model_plan(cfg.model, ds)
+    subset = cfg.subset or ("train" if plan is not None else "all")
+    ids = select_ids(ds, plan, subset, fraction=cfg.fraction, per_class=cfg.per_class, seed=cfg.seed)
+    if len(ids) < 2:
+        raise UserError(f"UnitMem compares images, but subset {subset!r} gives {len(ids)}; select at least 2 "
+                        f"(raise --fraction / --per-class or use another --subset)")
+    if int(ds.labels[ids].max()) >= iar.num_classes:
+        raise UserError(f"{ds.describe()} has labels up to {int(ds.labels[ids].max())} but the model knows "
+                        f"{iar.num_classes} classes; use the dataset the model was trained on")
+    layers = iar.unit_layers(tuple(cfg.kinds))
+    if cfg.blocks is not None:
+        have = sorted({layer.block for layer in layers})
+        missing = sorted(set(cfg.blocks) - set(have))
+        if missing:
+            raise UserError(f"--layers names blocks {missing} but the model has blocks {have[0]}-{have[-1]}")
+        layers = [layer for layer in layers if layer.block in set(cfg.blocks)]
+    try:
+        bins_L = iar.bins(cfg.bins)
+    except ValueError as e:
+        raise UserError(f"--bins: {e}") from e
+    views = view_indices(cfg.augs, cfg.include_eval_view)
+    collector = MuCollector(iar, layers, bins_L, views, cfg.seed, cfg.dtype)
+    return Setup(iar, source, ds, plan, subset, ids, layers, bins_L, collector)
+
+
+def settings_of(cfg: LocalizeConfig, setup: Setup) -> dict[str, Any]:
+    """The settings that shape the results (run.json refuses to mix runs that differ in them)."""
+    return {"model": cfg.model, "tokenizer": cfg.tokenizer, "weights": cfg.weights, "data": setup.ds.describe(),
+            "kinds": list(cfg.kinds), "blocks": None if cfg.blocks is None else list(cfg.blocks),
+            "augs": cfg.augs, "include_eval_view": cfg.include_eval_view, "views": list(setup.collector.views),
+            "subset": setup.subset, "fraction": cfg.fraction, "per_class": cfg.per_class,
+            "bins": setup.layout.num_bins, "batch_size": cfg.batch_size, "seed": cfg.seed, "dtype": cfg.dtype,
+            "stat": cfg.stat, "lanes": cfg.lanes}
+
+
+def localize(cfg: LocalizeConfig, world: World | None = None, *, stop_after: int | None = None) -> dict | None:
+    """Run (or resume) the stage; the summary on rank 0, None elsewhere or when stopped early.
+
+    ``stop_after`` stops after that many steps of this call, with a checkpoint (tests use it to
+    stand in for a kill).
+    """
+    own_world = world is None
+    world = init_world(cfg.device) if world is None else world
+    try:
+        return _localize(cfg, world, stop_after)
+    finally:
+        if own_world:
+            close(world)
+
+
+def _open_run(cfg: LocalizeConfig, setup: Setup, world: World) -> Run | None:
+    """Rank 0 opens the run folder; a refusal there is raised on every rank."""
+    run, err = None, None
+    if world.is_main:
+        try:
+            run = start_run(cfg.out, STAGE, settings_of(cfg, setup),
+                            inputs={"model_file": setup.source.model_file,
+                                    "tokenizer_file": setup.source.tokenizer_file, "data": cfg.data},
+                            seed=cfg.seed, overwrite=cfg.overwrite, resume=cfg.resume)
+        except UserError as e:
+            err = str(e)
+    errors = [e for e in all_gather_object(err, world) if e]
+    if errors:
+        raise UserError(str(errors[0]))
+    return run
+
+
+def _localize(cfg: LocalizeConfig, world: World, stop_after: int | None) -> dict | None:
+    setup = prepare(cfg, world)
+    run = _open_run(cfg, setup, world)
+    out = Path(cfg.out)
+    done = all_gather_object(bool(run is not None and run.done), world)[0]
+    if done:
+        if world.is_main:
+            log(f"{out}: this localize run already finished")
+            return json.loads((out / SUMMARY_FILE).read_text())
+        return None
+    if world.size > 1 and cfg.lanes % world.size and world.is_main:
+        log(f"note: {world.size} processes do not divide --lanes {cfg.lanes}: float64 sums may differ from one "
+            f"process's in the last bits")
+
+    N, F = len(setup.ids), setup.layout.size
+    stats = UnitStats(F, cfg.lanes, world.device)
+    position = _restore(out / STATE_FILE, stats, setup.ids, cfg, world) if cfg.resume else 0
+    store = _open_store(out / VALUES_FILE, N, F, position) if cfg.stat == "median" and world.is_main else None
+    if position and world.is_main:
+        log(f"resuming at image {position} of {N}")
+
+    step_size = world.size * cfg.batch_size
+    starts = range(position, N, step_size)
+    t0 = time.monotonic()
+    for steps, lo in enumerate(progress(starts, total=len(starts), desc="localize", enabled=world.is_main), 1):
+        pos = np.arange(lo, min(N, lo + step_size))
+        mine = pos[pos % world.size == world.rank]  # distributed.shard: position p belongs to rank p mod W
+        ids_b = setup.ids[mine]
+        mu_BF = setup.collector(setup.ds, ids_b, pad_to=cfg.batch_size) if len(mine) else torch.empty(0, F)
+        try:
+            stats.update(mine, ids_b, mu_BF)
+        except FloatingPointError as e:
+            raise UserError(f"{e} in {cfg.model}: the weights hold inf/NaN or --dtype bfloat16 overflowed; "
+                            f"check the checkpoint or use --dtype float32") from e
+        if cfg.stat == "median":
+            rows = all_gather_object((mine, mu_BF.cpu().numpy()), world)
+            if store is not None:
+                for p, v in rows:  # type: ignore[misc]
+                    store.write(p, v)
+        position = int(pos[-1]) + 1
+        stopping = stop_after is not None and steps >= stop_after and position < N
+        if stopping or (cfg.save_every and steps % cfg.save_every == 0 and position < N):
+            _checkpoint(out / STATE_FILE, stats, position, setup.ids, cfg, world, store)
+        if stopping:
+            if world.is_main:
+                log(f"stopped after {steps} steps at image {position} of {N}; continue with --resume")
+            return None
+    elapsed = time.monotonic() - t0
+    total = stats.reduced(world)
+    summary = None
+    if world.is_main:
+        assert run is not None
+        summary = _finish(cfg, setup, run, total, store, elapsed, world)
+    barrier(world)
+    return summary
+
+
+def _open_store(path: Path, num_images: int, size: int, position: int) -> ValueStore:
+    try:
+        return ValueStore(path, num_images, size, resume=position > 0)
+    except FileNotFoundError as e:
+        raise UserError(f"cannot resume the median statistic: {e}; pass --overwrite to start again") from e
+
+
+def _checkpoint(path: Path, stats: UnitStats, position: int, ids: np.ndarray, cfg: LocalizeConfig, world: World,
+                store: ValueStore | None) -> None:
+    """Reduce and let rank 0 save (values flushed first, so the state never runs ahead of them)."""
+    total = stats.reduced(world)
+    if world.is_main:
+        if store is not None:
+            store.flush()
+        state = total.state_dict() | {"image_ids": torch.as_tensor(ids)}
+        write_state_dict(state, path, metadata={"position": str(position), "lanes": str(cfg.lanes),
+                                                "size": str(stats.size), "world_size": str(world.size)})
+    barrier(world)
+
+
+def _restore(path: Path, stats: UnitStats, ids: np.ndarray, cfg: LocalizeConfig, world: World) -> int:
+    """Load the last checkpoint into ``stats``; the position to continue from (0 without one)."""
+    if not path.is_file():
+        return 0
+    state = read_state_dict(path, "localize checkpoint")
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    same = (torch.equal(state["image_ids"], torch.as_tensor(ids)) and int(meta.get("lanes", -1)) == cfg.lanes
+            and int(meta.get("size", -1)) == stats.size)
+    if not same:
+        raise UserError(f"{path} was saved for other images or layers; pass --overwrite to start again")
+    stats.load_reduced(state, world)
+    return int(meta["position"])
+
+
+def _finish(cfg: LocalizeConfig, setup: Setup, run: Run, total: UnitStats, store: ValueStore | None,
+            elapsed: float, world: World) -> dict[str, Any]:
+    out = run.path
+    median = None
+    if store is not None:
+        store.flush()
+        median = median_others(store.values)
+        store.close()
+    result = compute_map(total, setup.layout, setup.ids, cfg.stat, median)
+    write_map(result, out / FILE)
+    summary = build_summary(cfg, setup, result, world)
+    write_json(out / SUMMARY_FILE, summary)
+    write_figures(summary, setup, out, cfg.seed)
+    (out / STATE_FILE).unlink(missing_ok=True)
+    if store is not None and not cfg.keep_values:
+        (out / VALUES_FILE).unlink(missing_ok=True)
+    rate = len(setup.ids) / elapsed if elapsed > 0 else float("nan")
+    run.finish([FILE, SUMMARY_FILE, *FIGURES] + ([VALUES_FILE] if store is not None and cfg.keep_values else []),
+               {"num_images": summary["num_images"], "per_layer_bin_max": float(np.max(summary["per_layer_bin"])),
+                "top_images": summary["top_images"][:5], "groups": summary.get("groups"),
+                "seconds": round(elapsed, 3), "images_per_s": round(rate, 3), "world_size": world.size})
+    return summary
+
+
+def build_summary(cfg: LocalizeConfig, setup: Setup, result: UnitMemMap, world: World) -> dict[str, Any]:
+    ranking = rank_units(result)
+    summary: dict[str, Any] = {
+        "model": setup.source.as_dict(),
+        "family": setup.iar.family,
+        "data": setup.ds.describe(),
+        "layers": [s.describe() for s in setup.layout.layers],
+        "bins": {"count": setup.layout.num_bins, "labels": bin_labels(setup.iar.grids, setup.bins_L)},
+        "num_images": result.num_images,
+        "augs": cfg.augs,
+        "views": list(setup.collector.views),
+        "stat": cfg.stat,
+        "subset": setup.subset,
+        "settings": settings_of(cfg, setup),
+        "world_size": world.size,
+        "per_layer_bin": [[round(v, 6) for v in row] for row in per_layer_bin(result)],
+        "top_shares": top_shares(result, ranking),
+        "top_images": top_images(result, ranking, setup.ds, setup.plan),
+    }
+    groups = group_evidence(result, ranking, setup.plan)
+    if groups is not None:
+        summary["groups"] = groups
+    if cfg.stat == "median" and cfg.keep_values:
+        summary["values_file"] = {"name": VALUES_FILE, "dtype": "float32",
+                                  "shape": [result.num_images, setup.layout.size],
+                                  "rows": "positions in image_ids", "columns": "layer-major, bin, unit"}
+    return summary
+
+
+def write_figures(summary: dict[str, Any], setup: Setup, out: Path, seed: int) -> None:
+    figures.heatmap(summary, out / "heatmap.png")
+    figures.block_curves(summary, out / "blocks.png")
+    top = summary["top_images"][:GRID_IMAGES]
+    if top:
+        images, _ = load_views(setup.iar, setup.ds, [t["id"] for t in top], 0, seed)
+        caps = [f"id {t['id']} ({t['class']})\n{t['group']}, {_units(t['units'])}" for t in top]
+        figures.image_grid(setup.iar.to_unit_range(images).cpu(), caps, out / "top_images.png")
+
+
+def _units(n: int) -> str:
+    return f"{n} unit" if n == 1 else f"{n} units"
