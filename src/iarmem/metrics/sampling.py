@@ -54,6 +54,7 @@ class SamplingSettings:
     top_k: int = 0
     top_p: float = 0.0
     cfg_power: float | None = None
+    logit_noise: float = 0.0  # the logit-noise defense, when its quality cost is measured
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -66,7 +67,7 @@ class SamplingSettings:
 
     def generate_kwargs(self, family: str) -> dict[str, Any]:
         kw: dict[str, Any] = {"greedy": False, "cfg": self.cfg, "temperature": self.temperature,
-                              "top_k": self.top_k, "top_p": self.top_p}
+                              "top_k": self.top_k, "top_p": self.top_p, "logit_noise": self.logit_noise}
         if family == "rar" and self.cfg_power is not None:
             kw["cfg_power"] = self.cfg_power
         return kw
@@ -89,18 +90,19 @@ class SamplingSettings:
 def default_sampling(iar: IAR) -> SamplingSettings:
     """The published sampling settings of ``iar``'s family (and, for RAR, its size)."""
     if iar.family == "var":
-        return SamplingSettings(1.5, 1.0, 900, 0.96, None, "VAR README FID settings (cfg 1.5, top-k 900, top-p 0.96)")
+        return SamplingSettings(1.5, 1.0, 900, 0.96, None,
+                                source="VAR README FID settings (cfg 1.5, top-k 900, top-p 0.96)")
     if iar.family == "llamagen":
-        return SamplingSettings(2.0, 1.0, 0, 1.0, None, "LlamaGen c2i sampling (cfg 2.0, top-k 0, top-p 1.0)")
+        return SamplingSettings(2.0, 1.0, 0, 1.0, None, source="LlamaGen c2i sampling (cfg 2.0, top-k 0, top-p 1.0)")
     if iar.family == "rar":
         cfg = iar.cfg  # type: ignore[attr-defined]
         official = RAR_OFFICIAL.get((cfg.hidden_size, cfg.num_hidden_layers))
         if official and cfg.image_seq_len == 256 and cfg.condition_num_classes == 1000:
             name, scale, power, temp = official
-            return SamplingSettings(scale, temp, 0, 0.0, power, f"RAR README settings of {name}")
+            return SamplingSettings(scale, temp, 0, 0.0, power, source=f"RAR README settings of {name}")
         return SamplingSettings(SMALL_MODEL_CFG, float(cfg.randomize_temperature), 0, 0.0,
                                 float(cfg.guidance_scale_pow),
-                                f"small RAR: cfg {SMALL_MODEL_CFG} with the config's power and temperature")
+                                source=f"small RAR: cfg {SMALL_MODEL_CFG} with the config's power and temperature")
     raise UserError(f"no default sampling settings for family {iar.family!r}")
 
 
