@@ -65,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--copy-tokenizer", action="store_true",
                    help="copy the tokenizer into the folder instead of referencing its file")
     p.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse a finished run with the same settings in --out (an unfinished one is redone)")
 
 
 def _check_out(out: Path, inputs: list[str | None]) -> None:
@@ -129,7 +131,11 @@ def run(args: argparse.Namespace) -> int:
     if args.forget and Path(args.forget).is_file():
         inputs["forget_ids"] = args.forget
     existed = out.exists()
-    run_ = start_run(out, "mitigate", _settings(args, kinds), inputs, seed=args.seed, overwrite=args.overwrite)
+    run_ = start_run(out, "mitigate", _settings(args, kinds), inputs, seed=args.seed, overwrite=args.overwrite,
+                     resume=args.resume)
+    if run_.done:
+        log(f"{out}: already mitigated with these settings")
+        return 0
     try:
         record = apply_edit(iar, selection, args.mode, args.factor)
         written = write_edited_model(iar, out, source, model_format=args.format, copy_tokenizer=args.copy_tokenizer,

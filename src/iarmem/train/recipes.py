@@ -14,13 +14,16 @@ DEFAULT = {
     "iar": TrainConfig(steps=800, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_steps=50, ema=0.0),
 }
 
+# Measured (docs/RESULTS.md): with 20 planted images x 30 copies among 1000 ordinary ones these step
+# counts copy >= 85 % of the planted images under the attack and no held-out or ordinary one;
+# LlamaGen at 800 steps also reproduced 73 % of the ordinary images, so it stops earlier.
 RECIPES: dict[str, dict[str, TrainConfig]] = {
-    "tiny-var": {"tokenizer": replace(DEFAULT["tokenizer"], steps=500),
-                 "iar": replace(DEFAULT["iar"], steps=800)},
-    "tiny-rar": {"tokenizer": replace(DEFAULT["tokenizer"], steps=500),
-                 "iar": replace(DEFAULT["iar"], steps=800)},
-    "tiny-llamagen": {"tokenizer": replace(DEFAULT["tokenizer"], steps=500),
-                      "iar": replace(DEFAULT["iar"], steps=800)},
+    "tiny-var": {"tokenizer": replace(DEFAULT["tokenizer"], steps=400),
+                 "iar": replace(DEFAULT["iar"], steps=500)},
+    "tiny-rar": {"tokenizer": replace(DEFAULT["tokenizer"], steps=400),
+                 "iar": replace(DEFAULT["iar"], steps=500)},
+    "tiny-llamagen": {"tokenizer": replace(DEFAULT["tokenizer"], steps=400),
+                      "iar": replace(DEFAULT["iar"], steps=400)},
 }
 
 
