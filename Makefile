@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup test test-slow lint clean
+.PHONY: setup test test-slow demo lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ setup: $(VENV)/.installed
 test: setup
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/iarmem demo --out runs/demo
 
 test-slow: setup
 	$(PY) -m pytest -m slow
