@@ -8,21 +8,41 @@ different runs never mix.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from iarmem import __version__
 from iarmem.errors import UserError
-from iarmem.fileio import write_json
+from iarmem.fileio import remove_stale_temps, write_json
 
 RUN_FILE = "run.json"
+# the command line being run (set by the CLI, so that a stage run in-process, as `iarmem demo` does,
+# records its own command rather than the outer one)
+_COMMAND: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("iarmem_command", default=None)
+
+
+@contextlib.contextmanager
+def recording_command(argv: list[str]) -> Iterator[None]:
+    """Within the block, run.json records ``argv`` as the command."""
+    token = _COMMAND.set([str(a) for a in argv])
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
+
+
+def command_line() -> list[str]:
+    return _COMMAND.get() or [Path(sys.argv[0]).name] + sys.argv[1:]
 
 
 def fingerprint(path: str | os.PathLike) -> str:
@@ -37,6 +57,16 @@ def fingerprint(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine behind a run, so every number can be traced to what made it."""
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "machine": platform.machine(), "cpu_count": str(os.cpu_count())}
 
 
 def _jsonable(x: Any) -> Any:
@@ -138,16 +168,19 @@ def start_run(
                             f"--overwrite to start again")
     p.mkdir(parents=True, exist_ok=True)
     resumed = existing is not None and resume and not overwrite
+    if resumed:
+        remove_stale_temps(p)  # a killed run's half-written temporary files; its final files are whole
     record = {
         "iarmem_version": __version__,
         "stage": stage,
         "status": "running",
-        "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+        "command": command_line(),
         "seed": seed,
         "settings": settings,
         "inputs": prints,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "resumed": resumed,
+        "environment": environment(),
     }
     if resumed and existing is not None:
         record["started_at"] = existing.get("started_at", record["started_at"])
