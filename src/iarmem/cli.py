@@ -7,12 +7,16 @@ user error ends as one line on stderr and exit code 2 (a traceback only with --d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
 
 from iarmem import __version__
 from iarmem.errors import UserError
+from iarmem.runs import recording_command
 
 # name -> (module, one-line help); order is the order of `iarmem --help`
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,6 +37,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]):  # type: ignore[override]
+        # `--opt=--` reaches here as ['--'], which argparse (3.11-3.12) turns into an empty list instead of an error
+        if arg_strings == ["--"] and action.option_strings and action.nargs is None:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+        return super()._get_values(action, arg_strings)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -57,14 +67,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, subs
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings shown while a command runs read ``warning: <message>``, one line, no source excerpt."""
+    saved = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, _ = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    command = ["iarmem", *(sys.argv[1:] if argv is None else argv)]
     try:
-        return int(args._run(args) or 0)
+        with _one_line_warnings(), recording_command(command):
+            return int(args._run(args) or 0)
     except UserError as e:
         if args.debug:
             traceback.print_exc()

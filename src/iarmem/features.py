@@ -155,7 +155,7 @@ class FeatureExtractor:
 def _load_script(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.jit.ScriptModule:
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"feature network file not found: {p}")
+        raise UserError(f"feature network file not found: {p} (check the path)")
     try:
         with _quiet_jit():
             return torch.jit.load(str(p), map_location=map_location)
@@ -364,7 +364,7 @@ def parse_feature_spec(spec: str | None) -> tuple[str, Path | None, int | None]:
     if kind == "trained" and not rest:
         return "trained", None, None
     if kind not in ("trained", "torchscript", "sscd") or not rest:
-        raise UserError(f"unknown feature extractor {text!r}; use {SPEC_FORMS}")
+        raise UserError(f"unknown feature extractor {text!r} (--features); use {SPEC_FORMS}")
     path, size = rest, None
     head, _, tail = rest.rpartition(":")
     if kind == "torchscript" and head and tail.isdigit():
@@ -372,7 +372,7 @@ def parse_feature_spec(spec: str | None) -> tuple[str, Path | None, int | None]:
         if size < 1:
             raise UserError(f"feature input size must be >= 1 in {text!r}")
     if not Path(path).is_file():
-        raise UserError(f"feature network file not found: {path} (from --features {text})")
+        raise UserError(f"feature network file not found: {path} (from --features {text}); check the path")
     return kind, Path(path), size
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # what atomic_path names its temporary files
 
 
 @contextlib.contextmanager
@@ -27,6 +30,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temporary files a killed process left in ``folder`` (and below); how many there were."""
+    n = 0
+    for p in Path(folder).rglob(".*.tmp"):
+        if p.is_file() and TEMP_NAME.match(p.name):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -46,11 +46,12 @@ def command_line() -> list[str]:
 
 
 def fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, or of a folder's listing (relative names and sizes)."""
+    """sha256 of a file's bytes, or of a folder's listing (relative names and sizes, run.json excluded:
+    it changes when the folder's own run is resumed or finished)."""
     p = Path(path)
     h = hashlib.sha256()
     if p.is_dir():
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        for f in sorted(q for q in p.rglob("*") if q.is_file() and q.name != RUN_FILE and q.suffix != ".tmp"):
             h.update(f"{f.relative_to(p)}\0{f.stat().st_size}\n".encode())
         return "dir:" + h.hexdigest()
     with open(p, "rb") as fh:
@@ -183,8 +184,8 @@ def start_run(
         "environment": environment(),
     }
     if resumed and existing is not None:
-        record["started_at"] = existing.get("started_at", record["started_at"])
         if existing.get("status") == "finished":
-            record = existing | {"resumed": True}
+            return Run(p, existing)  # nothing to redo: leave the record as it is
+        record["started_at"] = existing.get("started_at", record["started_at"])
     write_json(p / RUN_FILE, record)
     return Run(p, record)

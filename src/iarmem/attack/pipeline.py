@@ -101,7 +101,7 @@ def score_images(iar: IAR, ds: ImageDataset, ids: np.ndarray, *, last: int | Non
 
 def _positions(iar: IAR, last: int | None) -> slice:
     if last is not None and len(iar.grids) > 1:
-        raise UserError("--last applies to raster models (RAR, LlamaGen); VAR is scored on its last scale")
+        raise UserError("--last applies to raster models (RAR, LlamaGen); VAR is scored on its last scale, drop --last")
     try:
         return scored_positions(iar, last)
     except ValueError as e:

@@ -56,7 +56,8 @@ def parse_ids(spec: str, num_images: int) -> np.ndarray:
     elif "," in spec or spec.strip().lstrip("-").isdigit():
         text, where = spec, "--ids"
     else:
-        raise UserError(f"--ids {spec!r}: no such file, and not a comma list of image ids")
+        raise UserError(f"--ids {spec!r}: no such file, and not a comma list of image ids; pass ids like 3,17,42 "
+                        f"or the path of a file of ids")
     parts = [t for t in text.replace(",", " ").split() if t]
     try:
         ids = np.array([int(t) for t in parts], dtype=np.int64)

@@ -81,10 +81,10 @@ class AttackSettings:
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.figure_pairs < 1:
-            raise UserError(f"the figure needs at least 1 pair, got {self.figure_pairs}")
+            raise UserError(f"--figure-pairs must be >= 1 (pairs shown in the figure), got {self.figure_pairs}")
         for flag, path in (("--sscd", self.sscd), ("--features", self._features_path())):
             if path is not None and not Path(path).is_file():
-                raise UserError(f"{flag} file not found: {path}")
+                raise UserError(f"{flag} file not found: {path} (check the path)")
         return self
 
     def default_metric(self) -> str:

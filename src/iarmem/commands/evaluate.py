@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         "kid_subset_size": args.kid_subset_size, "k": args.k, "grid_per_class": args.grid_per_class,
     }
     inputs = {"model": args.model if Path(args.model).is_dir() else None, "tokenizer": args.tokenizer,
-              "weights": args.weights}
+              "weights": args.weights, "model_file": source.model_file, "tokenizer_file": source.tokenizer_file,
+              "data": args.data}
     run_ = start_run(args.out, "evaluate", settings, inputs, seed=args.seed, overwrite=args.overwrite,
                      resume=args.resume)
     if run_.done:

@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         check_model(iar, ds, settings, extractors)
         image_pool(ds, plan, settings)
         inputs = {"model": args.model if Path(args.model).is_dir() else args.weights, "tokenizer": args.tokenizer,
-                  "weights": args.weights, "sscd": settings.sscd, "features": settings._features_path()}
+                  "weights": args.weights, "sscd": settings.sscd, "features": settings._features_path(),
+                  # a folder's fingerprint is its listing: the weight files themselves tell models apart
+                  "model_file": source.model_file, "tokenizer_file": source.tokenizer_file, "data": args.data}
         if plan is not None:
             inputs["manifest"] = str(Path(args.model) / MANIFEST)
         record = {"model": args.model, "data": ds.describe(), "attack": settings.as_dict()}

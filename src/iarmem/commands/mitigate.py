@@ -84,7 +84,7 @@ def _choose(args: argparse.Namespace, loc: Localization, forget_run: Localizatio
             kinds: tuple[str, ...]) -> Selection:
     common = {"scope": args.scope, "reduce": args.reduce, "bin": args.bin, "control": args.control,
               "seed": args.seed, "kinds": kinds}
-    ids = parse_ids(args.forget) if args.forget else None
+    ids = parse_ids(args.forget) if args.forget is not None else None
     if forget_run is not None:
         sel = forget_units(forget_run, ids, top=args.forget_top or args.top, match=args.forget_match, **common)
         return replace(sel, extra=sel.extra | {"forget_run": str(forget_run.path)})

@@ -92,13 +92,17 @@ def run(args: argparse.Namespace) -> int:
     if loc is not None:
         check_architecture(loc, iar, args.model)
     ds = open_dataset(args.data)
+    if len(ds.labels) and int(ds.labels.max()) >= iar.num_classes:
+        raise UserError(f"{ds.describe()} has labels up to {int(ds.labels.max())} but the model knows "
+                        f"{iar.num_classes} classes; pass the dataset the model was trained on")
     plan = model_plan(args.model, ds) if is_model_folder(args.model) else None
     settings = {"model": str(args.model), "data": ds.describe(), "localization": str(Path(args.localization)),
                 "grid": grid_settings(grid), "attack": attack.as_dict(), "n_per_class": args.n_per_class,
                 "features": args.features}
     run_ = start_run(args.out, "sweep", settings,
                      {"model": args.model if Path(args.model).is_dir() else args.weights,
-                      "localization": Path(args.localization) / "unitmem.safetensors"},
+                      "localization": Path(args.localization) / "unitmem.safetensors",
+                      "model_file": source.model_file, "tokenizer_file": source.tokenizer_file, "data": args.data},
                      seed=args.seed, overwrite=args.overwrite, resume=args.resume)
     if run_.done:
         log(f"{args.out}: sweep already finished")

@@ -70,9 +70,14 @@ def run(args: argparse.Namespace) -> int:
                         f"{args.target} preset")
     if args.views < 1:
         raise UserError("--views must be >= 1")
+    if args.num_images is not None and args.num_images < 1:
+        raise UserError(f"--num-images must be >= 1, got {args.num_images}")
+    _config(args, "tokenizer" if args.target == "tokenizer" else "iar")  # options out of range fail first
     torch.set_grad_enabled(True)
     ds = open_dataset(args.data, num_classes=None)
-    iar = build(args.preset).to(args.device)
+    with torch.random.fork_rng(devices=[]):  # the initial weights are a function of --seed, like the rest
+        torch.manual_seed(int(np.random.default_rng([args.seed, 0x1417]).integers(2**62)))
+        iar = build(args.preset).to(args.device)
     if ds.labels.max() >= iar.num_classes:
         raise UserError(f"the dataset has {int(ds.labels.max()) + 1} classes but preset {args.preset} has "
                         f"{iar.num_classes}; use a preset with enough classes")
@@ -82,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                else balanced_subset(ds.labels, per_class=max(1, args.num_images // len(ds.classes)), seed=args.seed))
         settings = {"target": "tokenizer", "preset": args.preset, "data": ds.describe(), "images": int(len(ids)),
                     "train": asdict(cfg)}
-        run_ = start_run(args.out, "train", settings, seed=args.seed, overwrite=args.overwrite, resume=args.resume)
+        run_ = start_run(args.out, "train", settings, {"data": args.data}, seed=args.seed, overwrite=args.overwrite,
+                         resume=args.resume)
         if run_.done:
             log(f"{args.out}: already trained")
             return 0
@@ -94,16 +100,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.tokenizer:
         raise UserError("IAR training needs --tokenizer FOLDER (train one with `iarmem train tokenizer`)")
     cfg = _config(args, "iar")
+    tok_file = load_tokenizer_folder(args.tokenizer, iar)  # a bad tokenizer fails before the run folder is made
     plan = make_plan(ds.labels, num_train=args.num_train, plant=args.plant, copies=args.copies, seed=args.seed,
                      dataset=ds.describe())
     settings = {"target": args.target, "preset": args.preset, "data": ds.describe(), "num_train": args.num_train,
                 "plant": args.plant, "copies": args.copies, "views": args.views, "train": asdict(cfg)}
-    run_ = start_run(args.out, "train", settings, inputs={"tokenizer": args.tokenizer}, seed=args.seed,
+    run_ = start_run(args.out, "train", settings, inputs={"tokenizer": args.tokenizer, "tokenizer_file": tok_file,
+                                                        "data": args.data}, seed=args.seed,
                      overwrite=args.overwrite, resume=args.resume)
     if run_.done:
         log(f"{args.out}: already trained")
         return 0
-    load_tokenizer_folder(args.tokenizer, iar)
     result = train_iar(iar, ds, plan, cfg, run_.path, views=args.views, preset=args.preset)
     ev = result["evidence"]
     log(f"teacher-forced top-1 ({ev['scored']}): planted {ev['planted']['top1']:.3f}, "

@@ -116,7 +116,7 @@ def read_map(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]
             meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {p}: truncated or not a safetensors file ({e})") from e
+        raise UserError(f"cannot read {p}: truncated or not a safetensors file ({e}); rerun `iarmem localize`") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{p} is not a UnitMem map written by `iarmem localize`")
     if meta.get("version") != VERSION:

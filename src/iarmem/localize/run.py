@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from iarmem.data import ImageDataset, Plan, open_dataset
 from iarmem.distributed import World, all_gather_object, barrier, close, init_world
@@ -139,7 +139,8 @@ def prepare(cfg: LocalizeConfig, world: World) -> Setup:
         have = sorted({layer.block for layer in layers})
         missing = sorted(set(cfg.blocks) - set(have))
         if missing:
-            raise UserError(f"--layers names blocks {missing} but the model has blocks {have[0]}-{have[-1]}")
+            raise UserError(f"--layers names blocks {missing} but the model has blocks {have[0]}-{have[-1]}; "
+                            f"choose blocks in that range")
         layers = [layer for layer in layers if layer.block in set(cfg.blocks)]
     try:
         bins_L = iar.bins(cfg.bins)
@@ -273,9 +274,12 @@ def _restore(path: Path, stats: UnitStats, ids: np.ndarray, cfg: LocalizeConfig,
     """Load the last checkpoint into ``stats``; the position to continue from (0 without one)."""
     if not path.is_file():
         return 0
-    state = read_state_dict(path, "localize checkpoint")
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
+    try:
+        state = read_state_dict(path, "localize checkpoint")
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (UserError, SafetensorError, OSError) as e:
+        raise UserError(f"the checkpoint {path} of this run is damaged; pass --overwrite to start again") from e
     same = (torch.equal(state["image_ids"], torch.as_tensor(ids)) and int(meta.get("lanes", -1)) == cfg.lanes
             and int(meta.get("size", -1)) == stats.size)
     if not same:

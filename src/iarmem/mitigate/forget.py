@@ -42,7 +42,8 @@ def parse_ids(value: str | os.PathLike | Sequence[int]) -> np.ndarray:
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path} is not a valid JSON list of ids ({e})") from e
         elif not re.fullmatch(r"[\s\d,]*", text):
-            raise UserError(f"--forget {text!r} is neither a comma list of image ids nor an existing file")
+            raise UserError(f"--forget {text!r} is neither a comma list of image ids nor an existing file; "
+                            f"pass ids like 17,42 or the path of a file of ids")
         text = re.sub(r"#[^\n]*", "", text)
         tokens = [t for t in re.split(r"[\s,]+", text) if t]
         bad = [t for t in tokens if not t.isdigit()]
@@ -50,7 +51,7 @@ def parse_ids(value: str | os.PathLike | Sequence[int]) -> np.ndarray:
             raise UserError(f"{where}: {bad[0]!r} is not a dataset image id (non-negative integer)")
         ids = np.asarray([int(t) for t in tokens], dtype=np.int64)
     if ids.size == 0:
-        raise UserError("--forget names no image ids")
+        raise UserError("--forget names no image ids; pass ids like 17,42 or a file of ids")
     return np.unique(ids)
 
 

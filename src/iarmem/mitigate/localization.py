@@ -101,7 +101,7 @@ def load_localization(path: str | os.PathLike) -> Localization:
                                 f"rerun `iarmem localize`")
             tensors = {k: fh.get_tensor(k).numpy() for k in wanted}
     except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read {f}: truncated or not a safetensors file ({e})") from e
+        raise UserError(f"cannot read {f}: truncated or not a safetensors file ({e}); rerun `iarmem localize`") from e
     bins = summary.get("bins") or {}
     num_bins = int(bins.get("count", tensors[f"{layers[0].name}.unitmem"].shape[0]))
     labels = tuple(str(x) for x in bins.get("labels") or range(num_bins))

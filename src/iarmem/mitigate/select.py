@@ -109,14 +109,15 @@ def resolve_reduce(reduce: str | None, bin: int | None, num_bins: int) -> tuple[
     if reduce != "bin" and bin is not None:
         raise UserError(f"--bin {bin} conflicts with --reduce {reduce}; use --reduce bin (or drop --bin)")
     if bin is not None and not 0 <= bin < num_bins:
-        raise UserError(f"bin {bin} is out of range: the localization has {num_bins} bins (0..{num_bins - 1})")
+        raise UserError(f"--bin {bin} is out of range: the localization has {num_bins} bins; pass one of "
+                        f"0..{num_bins - 1}")
     return reduce, bin
 
 
 def check_percent(p: float, what: str = "--top") -> float:
     p = float(p)
     if not (0.0 < p <= 100.0):  # also refuses NaN
-        raise UserError(f"{what} {p:g} is not a percentage in (0, 100]")
+        raise UserError(f"{what} {p:g} is not a percentage in (0, 100]; give a number like 1, 10 or 100")
     return p
 
 

@@ -54,10 +54,11 @@ def _torch_load(p: Path, what: str) -> Any:
                 f"(torch.load weights_only=True rejected it); if you trust it, re-save its state_dict alone "
                 f"or convert it to .safetensors"
             ) from e
-        raise UserError(f"cannot read {what} {p}: not a valid checkpoint ({first})") from e
+        raise UserError(f"cannot read {what} {p}: not a valid checkpoint ({first}); re-download or re-export it") from e
     except Exception as e:  # the unpickler raises many types on garbage input (KeyError, EOFError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read {what} {p}: truncated or not a PyTorch checkpoint ({first[:160]})") from e
+        raise UserError(f"cannot read {what} {p}: truncated or not a PyTorch checkpoint ({first[:160]}); "
+                        f"re-download or re-export it") from e
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Tensor]:
@@ -67,7 +68,8 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
         try:
             sd: Any = _st_load(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"cannot read {what} {p}: truncated or not a safetensors file ({e})") from e
+            raise UserError(f"cannot read {what} {p}: truncated or not a safetensors file ({e}); "
+                            f"re-download or re-export it") from e
     else:
         sd = _torch_load(p, what)
     seen = []

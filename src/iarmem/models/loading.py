@@ -19,7 +19,7 @@ from iarmem.errors import UserError
 from iarmem.fileio import write_json
 from iarmem.models.base import IAR
 from iarmem.models.checkpoint import write_state_dict
-from iarmem.models.registry import from_official, get_preset, load_weights, presets
+from iarmem.models.registry import FAMILIES, from_official, get_preset, load_weights, presets
 
 MODEL_JSON = "model.json"
 
@@ -54,11 +54,25 @@ def open_model(spec: str, tokenizer: str | os.PathLike | None = None, weights: s
             cfg = json.loads((p / MODEL_JSON).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{p / MODEL_JSON} is damaged ({e}); re-run the stage that wrote it") from e
+        missing = [k for k in ("family", "tokenizer_kwargs", "model_kwargs", "tokenizer_file", "model_file")
+                   if not isinstance(cfg, dict) or k not in cfg]
+        if missing:
+            raise UserError(f"{p / MODEL_JSON} is damaged (no {', '.join(missing)}); re-run the stage that wrote it")
         tok_file = Path(tokenizer) if tokenizer else _resolve(p, cfg["tokenizer_file"])
         mdl_file = Path(weights) if weights else _resolve(p, cfg["model_file"])
-        iar = from_official(cfg["family"], cfg["tokenizer_kwargs"], cfg["model_kwargs"])
+        if cfg["family"] not in FAMILIES:
+            raise UserError(f"{p / MODEL_JSON} names the unknown model family {cfg['family']!r} (not one of "
+                            f"{', '.join(FAMILIES)}); re-run the stage that wrote it")
+        try:
+            iar = from_official(cfg["family"], cfg["tokenizer_kwargs"], cfg["model_kwargs"])
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise UserError(f"{p / MODEL_JSON} holds constructor arguments the {cfg['family']} family rejects "
+                            f"({type(e).__name__}: {e}); re-run the stage that wrote it") from e
         preset = cfg.get("preset")
     else:
+        if spec not in presets() and p.is_file():
+            raise UserError(f"model {spec} is a file; pass a model folder (written by `iarmem train` / `iarmem "
+                            f"mitigate`), or a preset name with --tokenizer FILE --weights FILE")
         if spec not in presets() and ("/" in spec or p.suffix):
             raise UserError(f"model {spec} not found: pass an existing model folder or a preset name "
                             f"(`iarmem models` lists them)")

@@ -115,5 +115,7 @@ def load_weights(iar: IAR, tokenizer_path: str | os.PathLike | None = None,
             fits = fitting_presets(iar.family, part, sd)
             desc = ", ".join(f"{k}={v}" for k, v in held.items())
             hint = f". The file holds {desc}" + (f"; use preset {' or '.join(fits)}" if fits else "")
+        if "; use preset" not in hint:
+            hint += f"; pass the {part} checkpoint of this {iar.family.upper()} architecture (`iarmem models`)"
         load_into(module, sd, path, what, hint)
     return iar

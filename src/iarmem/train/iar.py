@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from iarmem.attack.scoring import score_tokens, scored_positions
@@ -57,9 +58,12 @@ def load_or_tokenize(iar: IAR, ds: ImageDataset, ids: np.ndarray, views: int, se
     """The token table of ``ids``, cached in ``folder`` (reused on resume)."""
     path = folder / TOKENS_FILE
     if path.exists():
-        t = load_file(str(path))
-        if t["tokens"].shape[1] == views and np.array_equal(t["ids"].numpy(), np.sort(ids)):
-            return TokenTable(t["ids"].numpy(), t["tokens"], t["labels"])
+        try:
+            t = load_file(str(path))
+            if t["tokens"].shape[1] == views and np.array_equal(t["ids"].numpy(), np.sort(ids)):
+                return TokenTable(t["ids"].numpy(), t["tokens"], t["labels"])
+        except (SafetensorError, OSError, ValueError, KeyError, IndexError):
+            pass  # a damaged cache: tokenize again (the same tokens: views are seeded)
     ids = np.sort(ids)
     tokens, labels = tokenize_views(iar, ds, ids, views, seed, desc=f"tokenize {len(ids)} images x {views} views")
     with atomic_path(path) as tmp:

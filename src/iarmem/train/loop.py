@@ -46,10 +46,11 @@ class TrainConfig:
         checks = [
             (self.steps >= 1, "--steps must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.lr > 0, "--lr must be > 0"),
+            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a finite number > 0"),
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
             (0 <= self.ema < 1, "--ema must lie in [0, 1)"),
             (self.warmup_steps >= 0, "--warmup-steps must be >= 0"),
+            (self.grad_clip >= 0, "--grad-clip must be >= 0 (0: no clipping)"),
             (self.ckpt_every >= 1, "--ckpt-every must be >= 1"),
             (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must lie in [0, 1]"),
         ]

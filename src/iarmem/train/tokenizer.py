@@ -73,9 +73,21 @@ def load_tokenizer_folder(folder: str | Path, iar: IAR) -> Path:
     """Load a trained tokenizer folder into ``iar.tokenizer`` (strict); returns the weights file."""
     folder = Path(folder)
     meta_file = folder / TOKENIZER_JSON
+    if not folder.exists():
+        raise UserError(f"tokenizer folder {folder} not found; check the path or train one with "
+                        f"`iarmem train tokenizer`")
+    if not folder.is_dir():
+        raise UserError(f"--tokenizer {folder} is a file; pass the folder written by `iarmem train tokenizer`")
     if not meta_file.is_file():
         raise UserError(f"{folder} holds no {TOKENIZER_JSON}: pass a folder written by `iarmem train tokenizer`")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{meta_file} is damaged ({e}); retrain with `iarmem train tokenizer`") from e
+    missing = [k for k in ("tokenizer_kwargs", "model_kwargs", "tokenizer_file")
+               if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise UserError(f"{meta_file} lacks {', '.join(missing)}; retrain with `iarmem train tokenizer`")
     if meta.get("family") != iar.family:
         raise UserError(f"{folder} holds a {meta.get('family')} tokenizer but the model is {iar.family}; train a "
                         f"{iar.family} tokenizer (`iarmem train tokenizer --preset ...`)")
