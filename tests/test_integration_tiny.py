@@ -18,8 +18,8 @@ from iarmem.cli import main
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
-    assert main(["train", "tokenizer", "--preset", "tiny-rar", "--steps", "250", "--out", str(root / "tok")]) == 0
-    assert main(["train", "rar", "--preset", "tiny-rar", "--tokenizer", str(root / "tok"), "--steps", "400",
+    assert main(["train", "tokenizer", "--preset", "tiny-rar", "--out", str(root / "tok")]) == 0
+    assert main(["train", "rar", "--preset", "tiny-rar", "--tokenizer", str(root / "tok"),
                  "--plant", "20", "--copies", "30", "--num-train", "1000", "--out", str(root / "model")]) == 0
     return root
 

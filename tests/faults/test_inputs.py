@@ -350,18 +350,16 @@ def _demo_cases() -> list[Case]:
     ]
 
 
-REPORT_GAP = ("the message names the path but not the fix; src/iarmem/commands/report.py and src/iarmem/report/ "
-              "belong to the report work in progress (see docs/RELIABILITY.md)")
 
 
 def _report_cases() -> list[Case]:
     return [
         Case("report", "run-missing", lambda i, out: ["report", i.root / "no-such-run", "--out", out / "r.html"],
-             lambda i: ("no-such-run",), xfail=REPORT_GAP),
+             lambda i: ("no-such-run",)),
         Case("report", "run-is-a-file", lambda i, out: ["report", i.a_file, "--out", out / "r.html"],
              lambda i: ("notes.txt",)),
         Case("report", "run-not-a-run-folder", lambda i, out: ["report", i.empty_dir, "--out", out / "r.html"],
-             lambda i: ("empty-dir",), xfail=REPORT_GAP),
+             lambda i: ("empty-dir",)),
         Case("report", "out-not-html", lambda i, out: ["report", i.loc, "--out", out / "r.txt"],
              lambda i: ("--out", "html")),
     ]

@@ -70,7 +70,8 @@ def family_stages(family: str, root: Path, seed: int, device: str, sweep: bool) 
     return stages
 
 
-def run_stage(stage: Stage, overwrite: bool) -> float:
+def run_stage(stage: Stage, overwrite: bool) -> tuple[int, float]:
+    """Run one stage in-process; its own error line (if any) is the one the user sees."""
     from iarmem.cli import main
 
     argv = [*stage.argv, "--overwrite" if overwrite else "--resume"]
@@ -78,9 +79,8 @@ def run_stage(stage: Stage, overwrite: bool) -> float:
     t0 = time.monotonic()
     rc = main(argv)
     if rc != 0:
-        raise UserError(f"demo stage {stage.name} failed (exit {rc}); rerun `iarmem demo` to resume, or run the "
-                        f"command above with --debug")
-    return time.monotonic() - t0
+        log(f"demo stopped at stage {stage.name}: rerun `iarmem demo` to resume, or the command above with --debug")
+    return rc, time.monotonic() - t0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,13 +97,16 @@ def run(args: argparse.Namespace) -> int:
     timings: list[tuple[str, float]] = []
     for k, (family, stage) in enumerate(plan, 1):
         log(f"[demo {k}/{len(plan)}] {family}: {stage.name}  ({time.monotonic() - t0:.0f}s so far)")
-        timings.append((f"{family}/{stage.name}", run_stage(stage, args.overwrite)))
+        rc, seconds = run_stage(stage, args.overwrite)
+        if rc != 0:
+            return rc
+        timings.append((f"{family}/{stage.name}", seconds))
     from iarmem.cli import main
 
     runs = [str(root / f) for f in families]
     rc = main(["report", *runs, "--out", str(root / "report.html"), "--title", "iarmem demo: tiny IARs on MNIST"])
     if rc != 0:
-        raise UserError("writing the report failed; run `iarmem report` on the run folders with --debug")
+        return rc
     total = time.monotonic() - t0
     log("stage times: " + ", ".join(f"{n} {s:.0f}s" for n, s in timings))
     print(f"demo finished in {total:.0f}s; report: {root / 'report.html'}")

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     out = default_out(args.runs, args.out)
     for r in args.runs:
         if not Path(r).exists():
-            raise UserError(f"run folder not found: {r}")
+            raise UserError(f"run folder not found: {r}; pass folders written by iarmem commands (check the path)")
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out {out} should be an .html file")
     path = write_report(args.runs, out, args.title)

@@ -114,7 +114,7 @@ def find_run_dirs(paths: list[str]) -> list[Path]:
     for text in paths:
         p = Path(text)
         if not p.exists():
-            raise UserError(f"run folder not found: {p}")
+            raise UserError(f"run folder not found: {p}; pass folders written by iarmem commands (check the path)")
         if p.is_file():
             if p.name != RUN_FILE:
                 raise UserError(f"{p} is a file; pass run folders (or folders holding them)")
@@ -128,7 +128,8 @@ def find_run_dirs(paths: list[str]) -> list[Path]:
             seen.add(r)
             unique.append(d)
     if not unique:
-        raise UserError(f"no iarmem run found in {', '.join(paths)} (no {RUN_FILE} in any folder below)")
+        raise UserError(f"no iarmem run found in {', '.join(paths)} (no {RUN_FILE} in any folder below); "
+                        f"pass the --out folders of iarmem commands, e.g. runs/demo")
     return unique
 
 

@@ -15,13 +15,14 @@ DEFAULT = {
 }
 
 # Measured (docs/RESULTS.md): with 20 planted images x 30 copies among 1000 ordinary ones these step
-# counts copy >= 85 % of the planted images under the attack and no held-out or ordinary one;
+# counts let the attack copy >= 85 % of the planted images and no held-out or ordinary one. RAR's
+# random-order training needs more steps (at 500 it copied only 50-85 % depending on the seed);
 # LlamaGen at 800 steps also reproduced 73 % of the ordinary images, so it stops earlier.
 RECIPES: dict[str, dict[str, TrainConfig]] = {
     "tiny-var": {"tokenizer": replace(DEFAULT["tokenizer"], steps=400),
                  "iar": replace(DEFAULT["iar"], steps=500)},
     "tiny-rar": {"tokenizer": replace(DEFAULT["tokenizer"], steps=400),
-                 "iar": replace(DEFAULT["iar"], steps=500)},
+                 "iar": replace(DEFAULT["iar"], steps=700)},
     "tiny-llamagen": {"tokenizer": replace(DEFAULT["tokenizer"], steps=400),
                       "iar": replace(DEFAULT["iar"], steps=400)},
 }
