@@ -2,6 +2,7 @@
 
   .venv/bin/python benchmarks/localize_bench.py            # full (a few minutes on 2 cores)
   .venv/bin/python benchmarks/localize_bench.py --quick    # smoke run
+  .venv/bin/python benchmarks/localize_bench.py --presets var-d16 --images 4 --augs 2 --batch-size 2 --sizes ''
 
 1. Throughput (tiny-var, tiny-rar, random weights, bundled MNIST): the localizer (load A augmentations,
    tokenize, tapped teacher-forced pass, bin means, statistics update) against the same teacher-forced
@@ -147,7 +148,7 @@ def main() -> None:
     p.add_argument("--augs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--sizes", default="100,1000", help="N for the memory runs")
+    p.add_argument("--sizes", default="100,1000", help="N for the memory runs ('' skips them, e.g. for var-d16)")
     p.add_argument("--memory-augs", type=int, default=2, help="augmentations in the memory runs (time only)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -164,7 +165,7 @@ def main() -> None:
     if args.quick:
         args.images, args.augs, args.repeats, args.sizes = 16, 2, 3, "20,60"
     presets = args.presets.split(",")
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {args.threads} threads\n")
     print("| model | images x augs | localizer img/s | localizer passes/s | untapped img/s | untapped passes/s "
@@ -173,9 +174,11 @@ def main() -> None:
     for preset in presets:
         r = throughput(preset, args.images, args.augs, args.batch_size, args.repeats)
         print(f"| {preset} ({r['seq_len']} tokens, {r['units']} units x {r['bins']} bins) | {r['images']} x "
-              f"{r['augs']} | {r['loc_img_s']:.1f} | {r['loc_pass_s']:.0f} | {r['base_img_s']:.1f} | "
-              f"{r['base_pass_s']:.0f} | {r['overhead']:.2f}x | {r['fwd_overhead']:.2f}x |")
+              f"{r['augs']} | {r['loc_img_s']:.3g} | {r['loc_pass_s']:.3g} | {r['base_img_s']:.3g} | "
+              f"{r['base_pass_s']:.3g} | {r['overhead']:.2f}x | {r['fwd_overhead']:.2f}x |")
     print()
+    if not sizes:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for preset in presets:

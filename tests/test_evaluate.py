@@ -19,15 +19,6 @@ from iarmem.models import build
 from iarmem.models.loading import save_model_folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The 2-core test machine is shared: one intra-op thread avoids OpenMP spin contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)

@@ -27,13 +27,6 @@ from iarmem.features import (
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit:DeprecationWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The 2-core test machine is shared: one intra-op thread avoids OpenMP spin contention (10x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Pooled(nn.Module):

@@ -14,6 +14,8 @@ import pytest
 
 from iarmem.cli import main
 
+pytestmark = pytest.mark.all_threads  # minutes of training: both cores help
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:

@@ -14,15 +14,6 @@ from iarmem.models.checkpoint import read_state_dict, write_state_dict
 from iarmem.models.llamagen import LlamaGenFamily
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy 2-core machine cannot oversubscribe it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=params_for("llamagen"))
 def case(request):
     """(meta, tensors, iar) with the fixture's weights (the official init would give all-zero logits)."""

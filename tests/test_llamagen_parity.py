@@ -10,15 +10,6 @@ from iarmem.models import Tokens, load_weights
 from iarmem.models.llamagen import LlamaGenFamily
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy 2-core machine cannot oversubscribe it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=params_for("llamagen"))
 def case(request, tmp_path_factory):
     """(meta, tensors, iar): the fixture's architecture, loaded strictly from official-format files."""

@@ -38,13 +38,6 @@ def make_folder(path: Path, preset: str, num_train: int = 14, plant: int = 4) ->
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the 2 shared cores of CI run faster without thread contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,6 @@ from iarmem.metrics.sampling import RAR_OFFICIAL
 from iarmem.models import build
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The 2-core test machine is shared: one intra-op thread avoids OpenMP spin contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("preset", ["tiny-var", "tiny-rar", "tiny-llamagen"])
 def test_samples_count_balance_range(preset: str) -> None:
     torch.manual_seed(0)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from test_mitigate_support import one_thread, random_localization, tree_hashes
+from test_mitigate_support import random_localization, tree_hashes
 
 from iarmem.cli import main as cli_main
 from iarmem.errors import UserError
@@ -16,12 +15,6 @@ from iarmem.mitigate import apply_edit, load_localization, select_units, write_e
 from iarmem.models import build
 from iarmem.models.checkpoint import read_state_dict
 from iarmem.models.loading import open_model, save_model_folder
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_mitigate_support import one_thread, random_localization
+from test_mitigate_support import random_localization
 
 from iarmem.errors import UserError
 from iarmem.mitigate import (
@@ -33,10 +33,6 @@ TOUCHED = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

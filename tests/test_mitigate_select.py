@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from test_mitigate_support import (
     A,
     B,
     hand_localization,
-    one_thread,
     write_localization,
 )
 
@@ -25,10 +23,6 @@ from iarmem.mitigate.select import percent_count, ranked
 NAMES = {0: "A0", 1: "A1", 2: "A2", 3: "A3", 4: "B0", 5: "B1", 6: "B2"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def as_names(units: dict[str, tuple[int, ...]]) -> set[str]:

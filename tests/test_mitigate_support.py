@@ -8,10 +8,9 @@ image_ids int64 [N]).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,17 +77,6 @@ HAND_IDS = [5, 6, 7, 8, 9, 10]
 
 def hand_localization(folder: Path):
     return load_localization(write_localization(folder, HAND_LAYERS, HAND_UNITMEM, HAND_ARGMAX, HAND_IDS))
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread: these tensors are tiny and the CPU is shared, so threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:

@@ -17,7 +17,6 @@ import os
 import pickle
 import shutil
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,17 +33,7 @@ from iarmem.models.registry import from_official, get_preset
 
 from .helpers import Inputs
 
-
 # ---- tiny inputs -----------------------------------------------------------------------------------
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two shared cores: one thread per process keeps timings steady (and matches the subprocesses)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _Exploit:
