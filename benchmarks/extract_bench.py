@@ -18,27 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
+from train_bench import timed  # the same median-after-warm-up timer (benchmarks/ is the script folder)
 
 from iarmem.attack import score_images
 from iarmem.attack.generate import default_prefix, generate_batch, is_multiscale, prefix_tokens
 from iarmem.data import bundled_mnist
 from iarmem.models import build
 from iarmem.tokens import load_views
-
-
-def timed(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()  # warm-up
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 @torch.no_grad()
