@@ -241,8 +241,12 @@ class RARTransformer(nn.Module):
         else:  # the token at slot k is ids[o_k]: it carries pos_embed[2 + o_k], and so does its target
             if N != L:
                 raise ValueError(f"a token order needs all {L} tokens, got {N}")
-            tok_BNC = tok_BNC.gather(1, orders_BL[:, :N, None].expand(-1, -1, tok_BNC.shape[-1]))
-            pos_BLC, tgt_BLC = pos_LC[orders_BL], tgt_LC[orders_BL]
+            index_BLC = orders_BL[:, :, None].expand(-1, -1, tok_BNC.shape[-1])
+            tok_BNC = tok_BNC.gather(1, index_BLC[:, :N])
+            # gather, not pos_LC[orders]: the backward of advanced indexing accumulates with atomic adds on
+            # CPU threads, so the same training run gave different weights; gather's backward is deterministic
+            pos_BLC = pos_LC.expand(B, -1, -1).gather(1, index_BLC)
+            tgt_BLC = tgt_LC.expand(B, -1, -1).gather(1, index_BLC)
         x_BTC = torch.cat([self.cls_token.expand(B, -1, -1), cond_BC[:, None], tok_BNC], dim=1)
         x_BTC = x_BTC + torch.cat([self.pos_embed[:, :PREFIX].expand(B, -1, -1), pos_BLC[:, :N]], dim=1)
         # target-aware: position 0 gets nothing, position 1+k gets tgt[k], position L+1 gets nothing
