@@ -146,17 +146,17 @@ def test_unit_layers(case) -> None:
     fc1 = iar.unit_layers()
     assert [u.block for u in fc1] == list(range(a.n_layer))
     for i, u in enumerate(fc1):
-        assert (u.name, u.kind, u.width, u.tap_input) == (f"layers.{i}.feed_forward.hidden", "fc1",
+        assert (u.name, u.kind, u.width, u.tap_input) == (f"layers.{i}.feed_forward.w3", "fc1",
                                                           a.ffn_hidden_dim, True)
         assert u.tap_module == f"layers.{i}.feed_forward.w2"
-        assert u.in_params == ((f"layers.{i}.feed_forward.w3.weight", 0),)
-        assert u.out_params == ((f"layers.{i}.feed_forward.w2.weight", 1),)
+        assert u.paper_params == ((f"layers.{i}.feed_forward.w3.weight", 0),)
+        assert u.exact_params == ((f"layers.{i}.feed_forward.w2.weight", 1),)
     every = iar.unit_layers(UNIT_KINDS)
     assert len(every) == len(UNIT_KINDS) * a.n_layer
     modules = dict(iar.model.named_modules())
     for u in every:
         assert u.tap_module in modules
-        for key, axis in u.in_params + u.out_params:
+        for key, axis in u.paper_params + u.exact_params:
             assert sd[key].shape[axis] == u.width
     assert iar.unit_layer("layers.0.attention.wo").kind == "attn.proj"
     with pytest.raises(ValueError):
@@ -184,7 +184,7 @@ def test_fc1_edit_scales_exactly_that_unit(case) -> None:
     edited = copy.deepcopy(iar)
     params = dict(edited.model.named_parameters())
     with torch.no_grad():
-        for key, axis in layer.in_params:
+        for key, axis in layer.paper_params:
             params[key].select(axis, u).mul_(0.5)
     after, _ = _collect(edited, t, [layer])
     b, a = before[layer.name], after[layer.name]

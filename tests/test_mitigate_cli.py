@@ -38,10 +38,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"model": model, "loc": loc, "rar_loc": rar_loc, "root": root}
 
 
-def expected_edit(inputs: dict[str, Path], top: float = 10, mode: str = "in", factor: float = 0.5, **kw):
+def expected_edit(inputs: dict[str, Path], top: float = 10, edit: str = "exact", factor: float = 0.5, **kw):
     """The same edit done in memory through the Python API."""
     iar, _ = open_model(str(inputs["model"]))
-    apply_edit(iar, select_units(load_localization(inputs["loc"]), top, **kw), mode, factor)
+    apply_edit(iar, select_units(load_localization(inputs["loc"]), top, **kw), edit, factor)
     return iar
 
 
@@ -83,7 +83,7 @@ def test_cli_writes_an_edited_model_folder(inputs: dict[str, Path], tmp_path: Pa
     assert edit["units"] == {k: list(v) for k, v in sel.units.items()}
     assert edit["counts"]["total"] == sel.count and edit["counts"]["per_layer"] == sel.per_layer()
     assert edit["counts"]["per_block"] == {str(b): n for b, n in sel.per_block().items()}
-    assert edit["edit"]["mode"] == "in" and edit["edit"]["factor"] == 0.5
+    assert edit["edit"]["edit"] == "exact" and edit["edit"]["factor"] == 0.5
     assert edit["selection"]["scope"] == "layer" and edit["selection"]["reduce"] == "max"
     assert edit["localization"]["run_fingerprint"] == loc.run_fingerprint()
     assert set(edit["source_model"]["sha256"]) == {"model", "tokenizer"}
@@ -95,11 +95,11 @@ def test_cli_writes_an_edited_model_folder(inputs: dict[str, Path], tmp_path: Pa
 def test_cli_pth_only_random_control_and_copied_tokenizer(inputs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "edit"
     rc = main([str(inputs["model"]), str(inputs["loc"]), "--out", str(out), "--format", "pth", "--control",
-               "random", "--seed", "3", "--mode", "both", "--factor", "0", "--copy-tokenizer"])
+               "random", "--seed", "3", "--edit", "paper", "--factor", "0", "--copy-tokenizer"])
     assert rc == 0
     names = {p.name for p in out.iterdir()}
     assert "model.pth" in names and "model.safetensors" not in names and "tokenizer.safetensors" in names
-    want = expected_edit(inputs, 10, "both", 0.0, control="random", seed=3).model.state_dict()
+    want = expected_edit(inputs, 10, "paper", 0.0, control="random", seed=3).model.state_dict()
     reopened, _ = open_model(str(out))
     assert same_state(reopened.model.state_dict(), want)
     edit = json.loads((out / "edit.json").read_text())
@@ -151,7 +151,7 @@ def test_written_model_reloads_bit_for_bit_for_every_family(tmp_path: Path, name
     iar = build(name)
     source = save_model_folder(iar, tmp_path / "src", preset=name)
     loc = load_localization(random_localization(tmp_path / "loc", iar, name))
-    apply_edit(iar, select_units(loc, 10), "both", 0.5)
+    apply_edit(iar, select_units(loc, 10), "paper", 0.5)
     _, src = open_model(str(source))
     out = tmp_path / "edit"
     written = write_edited_model(iar, out, src, model_format="both")

@@ -4,9 +4,9 @@
 
 For each family (VAR and RAR by default; add llamagen with --families) it trains a tiny tokenizer
 and IAR with 20 planted images x 30 copies, localizes memorization (UnitMem), runs the extraction
-attack, mitigates with the paper's setting (top 10 % of units x 0.5) and with the random control,
-attacks and evaluates all three models, sweeps edits against the logit-noise defense (first
-family), and writes OUT/report.html. Every stage is an ordinary `iarmem` command writing its own
+attack, mitigates with the paper's setting (top 10 % of units, fc1 rows x 0.5) and with the random
+control, attacks and evaluates all three models, sweeps exact edits against the logit-noise defense
+(first family), and writes OUT/report.html. Every stage is an ordinary `iarmem` command writing its own
 run folder under OUT/<family>/; a second run reuses every stage that already finished.
 """
 
@@ -54,9 +54,10 @@ def family_stages(family: str, root: Path, seed: int, device: str, sweep: bool) 
                         "--copies", "30", "--num-train", "1000", "--out", model, *common]),
         Stage("localize", ["localize", model, data, "--out", str(d / "localize"), *common]),
         Stage("mitigate", ["mitigate", model, str(d / "localize"), "--top", "10", "--factor", "0.5",
-                           "--out", str(d / "mitigate"), "--seed", str(seed)]),
+                           "--edit", "paper", "--out", str(d / "mitigate"), "--seed", str(seed)]),
         Stage("mitigate-random", ["mitigate", model, str(d / "localize"), "--top", "10", "--factor", "0.5",
-                                  "--control", "random", "--out", str(d / "mitigate-random"), "--seed", str(seed)]),
+                                  "--edit", "paper", "--control", "random", "--out", str(d / "mitigate-random"),
+                                  "--seed", str(seed)]),
     ]
     for tag, m in (("", model), ("-mitigate", str(d / "mitigate")), ("-random", str(d / "mitigate-random"))):
         stages.append(Stage(f"extract{tag}", ["extract", m, data, "--out", str(d / f"extract{tag}"), *common]))

@@ -1,6 +1,7 @@
 """Scale down the most memorizing units of a model and write the edited model.
 
-  iarmem mitigate runs/var runs/loc-var --out runs/var-edit                     # top 10 %, x0.5, fc1 rows
+  iarmem mitigate runs/var runs/loc-var --edit paper --out runs/var-edit        # the paper: top 10 %, fc1 rows x0.5
+  iarmem mitigate runs/var runs/loc-var --top 5 --factor 0 --out runs/var-ablate  # remove the top 5 % units exactly
   iarmem mitigate var-d16 runs/loc-d16 --tokenizer vae_ch160v4096z32.pth --weights var_d16.pth --out runs/d16-edit
   iarmem mitigate runs/var runs/loc-var --control random --seed 1 --out runs/var-random
   iarmem mitigate runs/var runs/loc-var --forget 17,42 --forget-top 20 --out runs/var-forget
@@ -21,13 +22,14 @@ from typing import Any
 
 from iarmem.errors import UserError
 from iarmem.fileio import write_json
-from iarmem.mitigate.edit import MODES, apply_edit, check_edit_args, plan_edit
-from iarmem.mitigate.forget import MATCHES, forget_units, parse_ids
+from iarmem.mitigate.edit import EDITS, apply_edit, check_edit_args, plan_edit
+from iarmem.mitigate.forget import MATCHES, forget_units
 from iarmem.mitigate.localization import Localization, check_architecture, load_localization
 from iarmem.mitigate.select import CONTROLS, REDUCES, SCOPES, Selection, check_percent, select_units
 from iarmem.mitigate.write import EDIT_FILE, FORMATS, edit_manifest, hash_files, write_edited_model
 from iarmem.models.base import UNIT_KINDS
 from iarmem.models.loading import open_model
+from iarmem.plans import parse_ids
 from iarmem.progress import log
 from iarmem.runs import RUN_FILE, start_run
 
@@ -45,9 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bins -> one score per unit: max (default), mean, or bin (needs --bin)")
     p.add_argument("--bin", type=int, help="rank by this one bin (VAR: scale index); implies --reduce bin")
     p.add_argument("--kinds", default="fc1", help="comma list of unit kinds to rank (default fc1, the paper's)")
-    p.add_argument("--mode", choices=MODES, default="in",
-                   help="scale the weights writing the unit (in, default), reading it (out), or both")
-    p.add_argument("--factor", type=float, default=0.5, help="scale factor >= 0 (default 0.5; 0 zeroes)")
+    p.add_argument("--edit", choices=EDITS, default="exact",
+                   help="exact (default): scale each unit's output by --factor (0 removes the unit); paper: scale "
+                        "the weight row that writes it, bias kept (the paper's setting is --edit paper --top 10 "
+                        "--factor 0.5)")
+    p.add_argument("--factor", type=float, default=0.5,
+                   help="scale factor >= 0 (default 0.5; 0 with --edit exact removes the units)")
     p.add_argument("--control", choices=CONTROLS, default="none",
                    help="edit as many random or lowest-UnitMem units instead (default none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control (default 0)")
@@ -84,7 +89,7 @@ def _choose(args: argparse.Namespace, loc: Localization, forget_run: Localizatio
             kinds: tuple[str, ...]) -> Selection:
     common = {"scope": args.scope, "reduce": args.reduce, "bin": args.bin, "control": args.control,
               "seed": args.seed, "kinds": kinds}
-    ids = parse_ids(args.forget) if args.forget is not None else None
+    ids = parse_ids(args.forget, flag="--forget") if args.forget is not None else None
     if forget_run is not None:
         sel = forget_units(forget_run, ids, top=args.forget_top or args.top, match=args.forget_match, **common)
         return replace(sel, extra=sel.extra | {"forget_run": str(forget_run.path)})
@@ -97,7 +102,7 @@ def _choose(args: argparse.Namespace, loc: Localization, forget_run: Localizatio
 
 def _settings(args: argparse.Namespace, kinds: tuple[str, ...]) -> dict[str, Any]:
     return {"model": args.model, "localization": str(Path(args.localization).resolve()), "top": args.top,
-            "scope": args.scope, "reduce": args.reduce, "bin": args.bin, "kinds": list(kinds), "mode": args.mode,
+            "scope": args.scope, "reduce": args.reduce, "bin": args.bin, "kinds": list(kinds), "edit": args.edit,
             "factor": args.factor, "control": args.control, "seed": args.seed, "forget": args.forget,
             "forget_top": args.forget_top, "forget_run": args.forget_run, "forget_match": args.forget_match,
             "format": args.format, "copy_tokenizer": args.copy_tokenizer}
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     check_percent(args.top, "--top")
     if args.forget_top is not None:
         check_percent(args.forget_top, "--forget-top")
-    args.factor = check_edit_args(args.mode, args.factor)
+    args.factor = check_edit_args(args.edit, args.factor)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     if not kinds or set(kinds) - set(UNIT_KINDS):
         raise UserError(f"--kinds {args.kinds!r}: choose from {', '.join(UNIT_KINDS)}")
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         if x is not None:
             check_architecture(x, iar, args.model)
     selection = _choose(args, loc, forget_run, kinds)
-    plan_edit(iar, selection, args.mode)  # refuse an impossible edit before writing anything
+    plan_edit(iar, selection, args.edit)  # refuse an impossible edit before writing anything
 
     inputs = {"model": source.model_file, "tokenizer": source.tokenizer_file,
               "localization": str(Path(args.localization) / RUN_FILE)}
@@ -137,14 +142,14 @@ def run(args: argparse.Namespace) -> int:
         log(f"{out}: already mitigated with these settings")
         return 0
     try:
-        record = apply_edit(iar, selection, args.mode, args.factor)
+        record = apply_edit(iar, selection, args.edit, args.factor)
         written = write_edited_model(iar, out, source, model_format=args.format, copy_tokenizer=args.copy_tokenizer,
                                      extra={"edited_from": args.model, "edit": EDIT_FILE})
         hashes = {k: v for k, v in run_.record["inputs"].items() if k in ("model", "tokenizer")}
         manifest = edit_manifest(source=source, source_hashes=hashes, loc=loc, selection=selection, record=record,
                                  files=hash_files(out, written), forget_run=forget_run)
         write_json(out / EDIT_FILE, manifest)
-        summary = {"units_edited": selection.count, "total_units": selection.total_units, "mode": args.mode,
+        summary = {"units_edited": selection.count, "total_units": selection.total_units, "edit": args.edit,
                    "factor": args.factor, "control": selection.control, "per_block": manifest["counts"]["per_block"]}
         run_.finish([*written, EDIT_FILE], summary)
     except BaseException:
@@ -152,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     what = "random" if selection.control == "random" else "lowest-UnitMem" if selection.control == "lowest" else (
         "targeted" if selection.rule == "forget" else "top-UnitMem")
-    log(f"scaled {selection.count} of {selection.total_units} {what} units by {args.factor:g} ({args.mode}); "
+    log(f"scaled {selection.count} of {selection.total_units} {what} units by {args.factor:g} ({args.edit} edit); "
         f"per block {manifest['counts']['per_block']}; wrote {out}")
     return 0
 

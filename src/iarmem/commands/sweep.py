@@ -62,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="controls per edit: random,lowest (default both; '' for none)")
     p.add_argument("--noise", type=_floats, default=(0.5, 1.0, 2.0),
                    help="logit-noise std levels of the defense baseline (default 0.5,1,2; '' for none)")
-    p.add_argument("--mode", choices=("in", "out", "both"), default="in", help="which weights an edit scales")
+    p.add_argument("--edits", type=_words, default=("exact",),
+                   help="comma list of edits: exact (scale each unit's output; x0 removes it; default) and/or "
+                        "paper (scale the weight row that writes it, bias kept)")
     p.add_argument("--scope", choices=("global", "layer"), default="global", help="top p %% over all or per layer")
     p.add_argument("--reduce", choices=("max", "mean"), help="per-bin UnitMem -> one score (default max)")
     p.add_argument("--n-per-class", type=int, default=20, help="samples per class for FID (default 20)")
@@ -82,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.n_per_class < 2:
         raise UserError(f"--n-per-class must be >= 2 (FID needs a covariance), got {args.n_per_class}")
-    grid = SweepGrid(tuple(args.tops), tuple(args.factors), tuple(args.controls), tuple(args.noise), args.mode,
+    grid = SweepGrid(tuple(args.tops), tuple(args.factors), tuple(args.controls), tuple(args.noise), tuple(args.edits),
                      args.scope, args.reduce, args.seed).validate()
     attack = AttackSettings(top=args.top, metric=args.metric, threshold=args.threshold, sscd=args.sscd,
                             batch_size=args.batch_size, seed=args.seed).validate()

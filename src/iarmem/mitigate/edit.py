@@ -1,15 +1,17 @@
-"""Scaling units: multiply the weight slices that write (``in``) or read (``out``) each chosen unit.
+"""Unit edits: "scale unit u by f", exact in every family, with the paper's weight-row edit beside it.
 
-Each :class:`~iarmem.models.base.UnitLayer` lists ``in_params``/``out_params`` as (state-dict key,
-unit axis). Editing unit u multiplies slice u along that axis by the factor and touches nothing
-else: the selected slices are gathered, multiplied and written back, so every other element
-stays bit-identical (no whole-tensor arithmetic, no float noise).
+Each :class:`~iarmem.models.base.UnitLayer` lists, as (state-dict key, unit axis), the slices of
+its two edits; editing unit u multiplies slice u along that axis and touches nothing else (the
+slices are gathered, multiplied and written back, so every other element stays bit-identical).
 
-- ``in`` (default, the paper's edit): VAR / RAR fc1.weight row u; LlamaGen w3.weight row u (the
-  unit is silu(w1 x) * (w3 x), so this scales the unit's value by exactly the factor). Biases
-  stay, as in the paper.
-- ``out``: the column u of the layer that reads the unit (fc2 / w2).
-- ``both``: both; the unit's contribution to the residual stream is then scaled by factor^2.
+- ``exact`` (the default, and what "zero" / "ablate" means everywhere in iarmem): the unit's
+  contribution to the rest of the network becomes exactly f times what it was, for every input.
+  fc1 units: column u of the layer that reads them (fc2 / w2); fc2 / attn.proj channels: weight
+  row u and bias u. Factor 0 removes the unit.
+- ``paper``: the paper's edit (PAPER.md section 4), the weight row that writes the unit with its
+  bias kept: fc1.weight row u for VAR / RAR (the unit becomes GELU(f w.x + b), so factor 0 leaves
+  GELU(b), and halving the row does not halve the unit), w3.weight row u for LlamaGen (no bias;
+  the unit is linear in w3 x, so there it equals the exact edit).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from iarmem.errors import UserError
 from iarmem.mitigate.select import Selection
 from iarmem.models.base import IAR, UnitLayer
 
-MODES = ("in", "out", "both")
+EDITS = ("exact", "paper")
 Units = Selection | Mapping[str, Sequence[int]]
 
 
@@ -36,7 +38,7 @@ Units = Selection | Mapping[str, Sequence[int]]
 class EditRecord:
     """What an edit did: the units per layer and, per parameter, the axis and the slices scaled."""
 
-    mode: str
+    edit: str
     factor: float
     units: dict[str, tuple[int, ...]]
     params: dict[str, dict[str, Any]]
@@ -46,16 +48,22 @@ class EditRecord:
         return sum(len(u) for u in self.units.values())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "factor": self.factor, "units_edited": self.count,
+        return {"edit": self.edit, "factor": self.factor, "units_edited": self.count,
                 "params": {k: {"axis": v["axis"], "slices": len(v["units"])} for k, v in self.params.items()}}
 
 
-def check_edit_args(mode: str, factor: float) -> float:
-    if mode not in MODES:
-        raise UserError(f"unknown edit mode {mode!r}; choose one of {', '.join(MODES)}")
+def check_edit(edit: str) -> None:
+    if edit not in EDITS:
+        raise UserError(f"unknown edit {edit!r}; choose exact (scale the unit's output) or paper (scale the "
+                        f"weight row that writes it, bias kept)")
+
+
+def check_edit_args(edit: str, factor: float) -> float:
+    check_edit(edit)
     factor = float(factor)
     if not math.isfinite(factor) or factor < 0:
-        raise UserError(f"--factor {factor:g} must be a finite number >= 0 (0 zeroes the units, 1 changes nothing)")
+        raise UserError(f"--factor {factor:g} must be a finite number >= 0 (with --edit exact 0 removes the units, "
+                        f"1 changes nothing)")
     return factor
 
 
@@ -64,10 +72,9 @@ def _units_of(selection: Units) -> dict[str, tuple[int, ...]]:
     return {name: tuple(sorted({int(u) for u in idx})) for name, idx in units.items()}
 
 
-def plan_edit(iar: IAR, selection: Units, mode: str = "in") -> list[tuple[str, int, Tensor]]:
+def plan_edit(iar: IAR, selection: Units, edit: str = "exact") -> list[tuple[str, int, Tensor]]:
     """(state-dict key, axis, unit indices) for every slice set the edit scales, checked against ``iar``."""
-    if mode not in MODES:
-        raise UserError(f"unknown edit mode {mode!r}; choose one of {', '.join(MODES)}")
+    check_edit(edit)
     plan = []
     for name, units in _units_of(selection).items():
         if not units:
@@ -80,10 +87,7 @@ def plan_edit(iar: IAR, selection: Units, mode: str = "in") -> list[tuple[str, i
         if units[0] < 0 or units[-1] >= layer.width:
             raise UserError(f"unit {units[-1] if units[-1] >= layer.width else units[0]} is out of range for "
                             f"{name} ({layer.width} units)")
-        params = (layer.in_params if mode in ("in", "both") else ()) + (layer.out_params if mode != "in" else ())
-        if not params:
-            raise UserError(f"{name} ({layer.kind}): no weights read its units, so --mode {mode} cannot scale them; "
-                            f"use --mode in or --mode both")
+        params = layer.exact_params if edit == "exact" else layer.paper_params
         index = torch.tensor(units, dtype=torch.long)
         plan.extend((key, axis, index) for key, axis in params)
     return plan
@@ -110,44 +114,44 @@ def _scale(iar: IAR, plan: list[tuple[str, int, Tensor]], factor: float) -> list
     return saved
 
 
-def _record(selection: Units, plan: list[tuple[str, int, Tensor]], mode: str, factor: float) -> EditRecord:
+def _record(selection: Units, plan: list[tuple[str, int, Tensor]], edit: str, factor: float) -> EditRecord:
     params: dict[str, dict[str, Any]] = {}
     for key, axis, index in plan:
         entry = params.setdefault(key, {"axis": axis, "units": []})
         entry["units"].extend(int(i) for i in index)
-    return EditRecord(mode, factor, _units_of(selection), params)
+    return EditRecord(edit, factor, _units_of(selection), params)
 
 
-def apply_edit(iar: IAR, selection: Units, mode: str = "in", factor: float = 0.5) -> EditRecord:
-    """Scale the selected units of ``iar.model`` in place by ``factor`` (0 zeroes them)."""
-    factor = check_edit_args(mode, factor)
-    plan = plan_edit(iar, selection, mode)
+def apply_edit(iar: IAR, selection: Units, edit: str = "exact", factor: float = 0.5) -> EditRecord:
+    """Scale the selected units of ``iar.model`` in place by ``factor`` (``exact`` with 0 removes them)."""
+    factor = check_edit_args(edit, factor)
+    plan = plan_edit(iar, selection, edit)
     _scale(iar, plan, factor)
-    return _record(selection, plan, mode, factor)
+    return _record(selection, plan, edit, factor)
 
 
 @contextlib.contextmanager
-def temporary_edit(iar: IAR, selection: Units, mode: str = "in", factor: float = 0.5) -> Iterator[EditRecord]:
+def temporary_edit(iar: IAR, selection: Units, edit: str = "exact", factor: float = 0.5) -> Iterator[EditRecord]:
     """Edit in place for the ``with`` block, then put the original slices back bit for bit.
 
     Cheap for sweeps: only the scaled slices are saved, not the model.
     """
-    factor = check_edit_args(mode, factor)
-    plan = plan_edit(iar, selection, mode)
+    factor = check_edit_args(edit, factor)
+    plan = plan_edit(iar, selection, edit)
     saved = _scale(iar, plan, factor)
     try:
-        yield _record(selection, plan, mode, factor)
+        yield _record(selection, plan, edit, factor)
     finally:
         with torch.no_grad():
             for t, axis, idx, old in reversed(saved):  # reverse: a slice touched twice ends at its first value
                 t.index_copy_(axis, idx, old)
 
 
-def edited_copy(iar: IAR, selection: Units, mode: str = "in", factor: float = 0.5,
+def edited_copy(iar: IAR, selection: Units, edit: str = "exact", factor: float = 0.5,
                 share_tokenizer: bool = True) -> tuple[IAR, EditRecord]:
     """An edited deep copy; ``iar`` is untouched. The tokenizer (never edited) is shared by default."""
-    factor = check_edit_args(mode, factor)
-    plan_edit(iar, selection, mode)  # validate before paying for the copy
+    factor = check_edit_args(edit, factor)
+    plan_edit(iar, selection, edit)  # validate before paying for the copy
     memo = {id(iar.tokenizer): iar.tokenizer} if share_tokenizer else {}
     twin = copy.deepcopy(iar, memo)
-    return twin, apply_edit(twin, selection, mode, factor)
+    return twin, apply_edit(twin, selection, edit, factor)

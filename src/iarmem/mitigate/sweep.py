@@ -27,7 +27,7 @@ from iarmem.features import FeatureExtractor
 from iarmem.fileio import atomic_path, write_json, write_text
 from iarmem.metrics.quality import evaluate_model, reference_features
 from iarmem.metrics.sampling import default_sampling
-from iarmem.mitigate.edit import temporary_edit
+from iarmem.mitigate.edit import EDITS, temporary_edit
 from iarmem.mitigate.localization import Localization
 from iarmem.mitigate.select import check_percent, select_units
 from iarmem.models.base import IAR
@@ -45,7 +45,7 @@ class SweepGrid:
     factors: tuple[float, ...] = (0.5, 0.0)
     controls: tuple[str, ...] = ("random", "lowest")
     noise: tuple[float, ...] = (0.5, 1.0, 2.0)
-    mode: str = "in"
+    edits: tuple[str, ...] = ("exact",)
     scope: str = "global"
     reduce: str | None = None
     seed: int = 0
@@ -60,6 +60,11 @@ class SweepGrid:
         bad = [c for c in self.controls if c not in ("random", "lowest")]
         if bad:
             raise UserError(f"unknown --controls {bad}; choose from random, lowest")
+        bad = [e for e in self.edits if e not in EDITS]
+        if bad:
+            raise UserError(f"unknown --edits {bad}; choose from {', '.join(EDITS)}")
+        if self.tops and not self.edits:
+            raise UserError("--edits is empty: give exact and/or paper")
         if not self.tops and not self.noise:
             raise UserError("the sweep is empty: give --tops and/or --noise")
         return self
@@ -68,9 +73,10 @@ class SweepGrid:
         """The reference (unedited) model first, then every edit with its controls, then the noise levels."""
         pts: list[dict[str, Any]] = [{"kind": "reference"}]
         for p in self.tops:
-            for f in self.factors:
-                for control in ("none", *self.controls):
-                    pts.append({"kind": "edit", "p": p, "factor": f, "control": control})
+            for e in self.edits:
+                for f in self.factors:
+                    for control in ("none", *self.controls):
+                        pts.append({"kind": "edit", "p": p, "edit": e, "factor": f, "control": control})
         pts += [{"kind": "noise", "std": s} for s in self.noise]
         return pts
 
@@ -78,7 +84,7 @@ class SweepGrid:
 def point_id(pt: dict[str, Any]) -> str:
     if pt["kind"] == "edit":
         who = "top" if pt["control"] == "none" else pt["control"]
-        return f"{who}{pt['p']:g}%x{pt['factor']:g}"
+        return f"{who}{pt['p']:g}%x{pt['factor']:g}" + ("-paper" if pt.get("edit") == "paper" else "")
     if pt["kind"] == "noise":
         return f"noise{pt['std']:g}"
     return "unedited"
@@ -129,7 +135,7 @@ def run_point(ctx: SweepContext, grid: SweepGrid, pt: dict[str, Any]) -> dict[st
         if ctx.loc is None:
             raise UserError("edit points need a localization run")
         sel = select_units(ctx.loc, pt["p"], grid.scope, grid.reduce, None, pt["control"], grid.seed)
-        with temporary_edit(ctx.iar, sel.units, grid.mode, pt["factor"]):
+        with temporary_edit(ctx.iar, sel.units, pt["edit"], pt["factor"]):
             row.update(_measure(ctx, ctx.attack))
         row["units"] = sel.count
     elif pt["kind"] == "noise":
@@ -164,7 +170,7 @@ def run_sweep(ctx: SweepContext, grid: SweepGrid, out: Path, resume: bool = Fals
     return rows
 
 
-COLUMNS = ("point", "kind", "p", "factor", "control", "std", "units", "extracted", "candidates", "planted_rate",
+COLUMNS = ("point", "kind", "p", "edit", "factor", "control", "std", "units", "extracted", "candidates", "planted_rate",
            "ordinary_rate", "heldout_rate", "fid", "kid", "precision", "recall", "class_accuracy", "seconds")
 
 
@@ -214,7 +220,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, feature_name: str) -> No
     for r in rows:
         if r["kind"] == "edit":
             marker, color, label = style[r["control"]]
-            text = f"{r['p']:g}%×{r['factor']:g}"
+            text = f"{r['p']:g}%×{r['factor']:g}" + (" paper" if r.get("edit") == "paper" else "")
         elif r["kind"] == "noise":
             marker, color, label = "s", "C7", "logit noise (defense baseline)"
             text = f"σ={r['std']:g}"
@@ -254,7 +260,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     best = best_edit(rows)
     if best is not None:
         out["best_edit"] = best
-        same = [r for r in rows if r["kind"] == "edit" and r["p"] == best["p"] and r["factor"] == best["factor"]]
+        same = [r for r in rows if r["kind"] == "edit" and r["p"] == best["p"] and r["factor"] == best["factor"]
+                and r.get("edit") == best.get("edit")]
         out["controls_at_best"] = {r["control"]: {"extracted": r["extracted"], "fid": r["fid"]} for r in same}
     out["extracted_mean_by_control"] = {
         c: float(np.mean([r["extracted"] for r in rows if r["kind"] == "edit" and r["control"] == c]))

@@ -19,7 +19,7 @@ from iarmem.mitigate.edit import EditRecord
 from iarmem.mitigate.localization import Localization
 from iarmem.mitigate.select import Selection
 from iarmem.models.base import IAR
-from iarmem.models.loading import MODEL_JSON, ModelSource, is_model_folder, save_model_folder
+from iarmem.models.loading import MODEL_JSON, TRAINING_VIEWS, ModelSource, is_model_folder, save_model_folder
 from iarmem.plans import MANIFEST
 from iarmem.runs import fingerprint
 
@@ -37,10 +37,17 @@ def model_files(model_format: str) -> list[str]:
 
 def write_edited_model(iar: IAR, folder: str | os.PathLike, source: ModelSource, *, model_format: str = "safetensors",
                        copy_tokenizer: bool = False, extra: dict[str, Any] | None = None) -> list[str]:
-    """Write ``iar`` as a model folder; return the names of the files written."""
+    """Write ``iar`` as a model folder; return the names of the files written.
+
+    What the source folder's model.json says about training (dataset, trained views) is carried
+    over: an edit changes weights, not what the model learned from."""
     folder = Path(folder)
+    carried = {}
+    if is_model_folder(source.spec):
+        src = json.loads((Path(source.spec) / MODEL_JSON).read_text())
+        carried = {k: src[k] for k in ("dataset", TRAINING_VIEWS) if k in src}
     save_model_folder(iar, folder, tokenizer_file=None if copy_tokenizer else source.tokenizer_file,
-                      preset=source.preset, extra=extra,
+                      preset=source.preset, extra=carried | (extra or {}),
                       model_format="safetensors" if model_format == "safetensors" else "pth")
     if model_format == "pth":  # save_model_folder always writes safetensors: keep the .pth alone
         cfg = json.loads((folder / MODEL_JSON).read_text())

@@ -84,8 +84,14 @@ class UnitLayer:
 
     ``name`` is the layer's prefix in the official state dict (``blocks.3.ffn.fc1``). The unit
     value is the output (or, with ``tap_input``, the input) of the submodule ``tap_module`` of
-    ``IAR.model``. ``in_params``/``out_params`` list ``(state-dict key, unit axis)`` of the weights
-    that write and read the unit: an edit of unit ``u`` scales slice ``u`` along that axis.
+    ``IAR.model``. Both edit lists hold ``(state-dict key, unit axis)``; editing unit ``u`` scales
+    slice ``u`` along that axis:
+
+    - ``exact_params``: scaling these by f multiplies the unit's contribution to the rest of the
+      network by exactly f, for every input (fc1 units: the column of the layer that reads them;
+      fc2 / attn.proj channels: the weight row and its bias). f = 0 removes the unit.
+    - ``paper_params``: the paper's edit, the weight row that writes the unit, bias kept (for a
+      GELU unit this is not a linear scaling: factor 0 leaves GELU(bias)).
     """
 
     name: str
@@ -94,8 +100,8 @@ class UnitLayer:
     width: int
     tap_module: str
     tap_input: bool
-    in_params: tuple[tuple[str, int], ...]
-    out_params: tuple[tuple[str, int], ...]
+    exact_params: tuple[tuple[str, int], ...]
+    paper_params: tuple[tuple[str, int], ...]
 
 
 UNIT_KINDS = ("fc1", "fc2", "attn.proj")
@@ -134,6 +140,17 @@ class IAR(nn.Module, abc.ABC):
         ``generate``'s ``prefix_len`` counts these steps.
         """
         return len(self.grids) if len(self.grids) > 1 else self.seq_len
+
+    @property
+    def class_only_positions(self) -> int:
+        """How many leading token positions are predicted from the class alone (no image token yet).
+
+        Their activations are the same for every image of a class, so they say nothing about one
+        image: VAR's first scale (1x1), the first position of RAR and LlamaGen. Localization leaves
+        them out of its bins by default.
+        """
+        h, w = self.grids[0]
+        return h * w if len(self.grids) > 1 else 1
 
     @property
     @abc.abstractmethod

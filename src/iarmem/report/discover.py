@@ -243,6 +243,8 @@ def _variant(mit: Run) -> Variant:
     control = sel.get("control") or s.get("control") or "none"
     p, factor = sel.get("p", s.get("top")), (edit.get("edit") or {}).get("factor", s.get("factor"))
     how = f"{_g(p)}% x{_g(factor)}" if p is not None else f"x{_g(factor)}"
+    if ((edit.get("edit") or {}).get("edit") or s.get("edit")) == "paper":
+        how += ", paper's edit"
     if sel.get("rule") == "forget" or s.get("forget") or s.get("forget_run"):
         return Variant("forget", f"targeted forgetting ({how})", mit.name)
     if control == "none":

@@ -287,11 +287,13 @@ class LlamaGenFamily(IAR):
     def unit_layers(self, kinds: tuple[str, ...] = ("fc1",)) -> list[UnitLayer]:
         """Per block, in block order, the requested kinds.
 
-        ``fc1`` is the SwiGLU hidden unit ``silu(w1 x)_u * (w3 x)_u``, read as the input of ``w2``.
-        An edit writes only ``w3`` rows: scaling row u of w3 by f scales the unit by exactly f for
-        every input, the analogue of damping a GELU unit; scaling w1 would act through the SiLU
-        nonlinearly. It reads out through column u of ``w2``. ``fc2`` is the output of ``w2`` and
-        ``attn.proj`` the output of ``attention.wo`` (width dim; edits scale their output rows).
+        ``fc1`` is the SwiGLU hidden unit ``silu(w1 x)_u * (w3 x)_u``, read as the input of ``w2``
+        and named after ``w3`` (a state-dict prefix, like VAR's ``ffn.fc1``). The exact edit scales
+        column u of ``w2``, the layer that reads the unit. The paper's edit (fc1 row, bias kept)
+        maps to row u of ``w3``: LlamaGen has no biases and the unit is linear in ``w3 x``, so here
+        it scales the unit by exactly the factor too (scaling ``w1`` would act through the SiLU).
+        ``fc2`` is the output of ``w2`` and ``attn.proj`` the output of ``attention.wo`` (width dim;
+        both edits scale their output rows, there being no bias).
         """
         unknown = set(kinds) - set(UNIT_KINDS)
         if unknown:
@@ -302,14 +304,13 @@ class LlamaGenFamily(IAR):
             ff, attn = f"layers.{i}.feed_forward", f"layers.{i}.attention"
             for kind in kinds:
                 if kind == "fc1":
-                    out.append(UnitLayer(f"{ff}.hidden", "fc1", i, a.ffn_hidden_dim, f"{ff}.w2", True,
-                                         ((f"{ff}.w3.weight", 0),), ((f"{ff}.w2.weight", 1),)))
-                elif kind == "fc2":
-                    out.append(UnitLayer(f"{ff}.w2", "fc2", i, a.dim, f"{ff}.w2", False,
-                                         ((f"{ff}.w2.weight", 0),), ()))
+                    out.append(UnitLayer(f"{ff}.w3", "fc1", i, a.ffn_hidden_dim, f"{ff}.w2", True,
+                                         exact_params=((f"{ff}.w2.weight", 1),),
+                                         paper_params=((f"{ff}.w3.weight", 0),)))
                 else:
-                    out.append(UnitLayer(f"{attn}.wo", "attn.proj", i, a.dim, f"{attn}.wo", False,
-                                         ((f"{attn}.wo.weight", 0),), ()))
+                    mod = f"{ff}.w2" if kind == "fc2" else f"{attn}.wo"
+                    out.append(UnitLayer(mod, kind, i, a.dim, mod, False,
+                                         exact_params=((f"{mod}.weight", 0),), paper_params=((f"{mod}.weight", 0),)))
         return out
 
 

@@ -214,13 +214,13 @@ class VARFamily(IAR):
             for kind in kinds:
                 if kind == "fc1":
                     out.append(UnitLayer(f"{p}.ffn.fc1", "fc1", i, blk.ffn.fc1.out_features, f"{p}.ffn.act", False,
-                                         ((f"{p}.ffn.fc1.weight", 0),), ((f"{p}.ffn.fc2.weight", 1),)))
-                elif kind == "fc2":
-                    out.append(UnitLayer(f"{p}.ffn.fc2", "fc2", i, C, f"{p}.ffn.fc2", False,
-                                         ((f"{p}.ffn.fc2.weight", 0),), ()))
-                elif kind == "attn.proj":
-                    out.append(UnitLayer(f"{p}.attn.proj", "attn.proj", i, C, f"{p}.attn.proj", False,
-                                         ((f"{p}.attn.proj.weight", 0),), ()))
+                                         exact_params=((f"{p}.ffn.fc2.weight", 1),),
+                                         paper_params=((f"{p}.ffn.fc1.weight", 0),)))
+                elif kind in ("fc2", "attn.proj"):
+                    mod = f"{p}.ffn.fc2" if kind == "fc2" else f"{p}.attn.proj"
+                    out.append(UnitLayer(mod, kind, i, C, mod, False,
+                                         exact_params=((f"{mod}.weight", 0), (f"{mod}.bias", 0)),
+                                         paper_params=((f"{mod}.weight", 0),)))
                 else:
                     raise ValueError(f"unknown unit kind {kind!r}; choose from fc1, fc2, attn.proj")
         return out
