@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from direct_mu import direct_mu, direct_unitmem
 from safetensors import safe_open
+from trained import briefly_trained
 
 from iarmem.cli import main
 from iarmem.data import bundled_mnist, make_plan, write_manifest
@@ -22,16 +24,15 @@ from iarmem.localize import LocalizeConfig, localize, read_map
 from iarmem.localize.run import STATE_FILE, VALUES_FILE
 from iarmem.localize.summary import evidence_table
 from iarmem.mitigate import load_localization, select_units
-from iarmem.models import build
-from iarmem.models.loading import save_model_folder
+from iarmem.models.loading import open_model, save_model_folder
 from iarmem.plans import MANIFEST, model_plan, select_ids
+from iarmem.tokens import load_views
 
 FAST = ["--augs", "2", "--batch-size", "3"]
 
 
 def make_folder(path: Path, preset: str, num_train: int = 14, plant: int = 4) -> Path:
-    torch.manual_seed(0)
-    save_model_folder(build(preset), path, preset=preset)
+    save_model_folder(briefly_trained(preset), path, preset=preset)
     ds = bundled_mnist()
     write_manifest(make_plan(ds.labels, num_train=num_train, plant=plant, copies=3, seed=0, dataset=ds.describe()),
                    path / MANIFEST)
@@ -58,29 +59,34 @@ def test_cli_writes_every_output(var_folder: Path, tmp_path: Path, capsys: pytes
     plan = model_plan(str(var_folder), ds)
     ids = select_ids(ds, plan, "train")
     tensors, meta = read_map(out)
-    assert meta["stat"] == "mean" and meta["num_bins"] == 6
+    assert meta["stat"] == "mean" and meta["num_bins"] == 5  # the class-only 1x1 scale is left out
     assert meta["layers"] == [f"blocks.{i}.ffn.fc1" for i in range(4)]
     np.testing.assert_array_equal(tensors["image_ids"].numpy(), ids)
+    # against a direct computation of every image's mu (plain hooks, numpy statistics)
+    iar, _ = open_model(str(var_folder))
+    images, labels = load_views(iar, ds, np.repeat(ids, 2), np.tile([1, 2], len(ids)), 0)
+    want = direct_unitmem(direct_mu(iar, iar.tokenize(images), labels, 2), ids)
     for i in range(4):
         name = f"blocks.{i}.ffn.fc1"
         for what, dtype in (("unitmem", torch.float32), ("max", torch.float32), ("mean_others", torch.float32),
-                            ("argmax", torch.int64)):
+                            ("argmax", torch.int64), ("ties", torch.int64)):
             t = tensors[f"{name}.{what}"]
-            assert t.shape == (6, 512) and t.dtype == dtype, (name, what)
-        um = tensors[f"{name}.unitmem"]
-        assert float(um.min()) >= 0 and float(um.max()) <= 1
-        assert np.isin(tensors[f"{name}.argmax"].numpy(), ids).all()
-        mx, mo = tensors[f"{name}.max"].double(), tensors[f"{name}.mean_others"].double()
-        expect = torch.where(mx + mo > 0, (mx - mo) / (mx + mo), 0.0).float()
-        torch.testing.assert_close(um, expect, rtol=1e-5, atol=1e-6)
+            assert t.shape == (5, 512) and t.dtype == dtype, (name, what)
+        cols = slice(i * 5 * 512, (i + 1) * 5 * 512)
+        for what in ("unitmem", "max", "mean_others"):
+            np.testing.assert_allclose(tensors[f"{name}.{what}"].numpy().ravel(), want[what][cols], rtol=1e-4,
+                                       atol=1e-6, err_msg=f"{name}.{what}")
+        np.testing.assert_array_equal(tensors[f"{name}.ties"].numpy().ravel(), want["ties"][cols])
+        np.testing.assert_array_equal(tensors[f"{name}.argmax"].numpy().ravel(), want["owner"][cols])
     assert f"{name}.median_others" not in tensors
 
     s = json.loads((out / "summary.json").read_text())
     assert s["family"] == "var" and s["model"]["preset"] == "tiny-var" and s["model"]["spec"] == str(var_folder)
     assert [layer["name"] for layer in s["layers"]] == [f"blocks.{i}.ffn.fc1" for i in range(4)]
-    assert s["bins"] == {"count": 6, "labels": ["1x1", "2x2", "3x3", "4x4", "6x6", "8x8"]}
+    assert s["bins"] == {"count": 5, "labels": ["2x2", "3x3", "4x4", "6x6", "8x8"]}
     assert s["num_images"] == len(ids) and s["augs"] == 2 and s["stat"] == "mean" and s["subset"] == "train"
-    assert np.asarray(s["per_layer_bin"]).shape == (4, 6)
+    assert s["views"] == [1, 2] and s["view_source"] == "augment" and s["excluded_positions"] == 1
+    assert np.asarray(s["per_layer_bin"]).shape == (4, 5)
     assert [e["percent"] for e in s["top_shares"]] == [1, 5, 10]
     for e in s["top_shares"]:
         assert sum(e["per_layer"]) == pytest.approx(1.0, abs=1e-4)
@@ -139,7 +145,7 @@ def test_rar_token_bins_median_and_options(tmp_path: Path) -> None:
     s = json.loads((out / "summary.json").read_text())
     assert [layer["name"] for layer in s["layers"]] == ["blocks.1.mlp.fc1", "blocks.1.mlp.fc2",
                                                         "blocks.2.mlp.fc1", "blocks.2.mlp.fc2"]
-    assert s["bins"]["labels"] == ["tokens 0-15", "tokens 16-31", "tokens 32-47", "tokens 48-63"]
+    assert s["bins"]["labels"] == ["tokens 1-15", "tokens 16-31", "tokens 32-47", "tokens 48-63"]  # class-only 0 out
     assert s["views"] == [0, 1] and s["num_images"] == 8
     assert {g for t in s["top_images"] for g in [t["group"]]} <= {"planted", "heldout"}
     with safe_open(str(out / "unitmem.safetensors"), framework="pt") as f:
@@ -211,5 +217,43 @@ def test_llamagen_swiglu_hidden_units(tmp_path: Path) -> None:
     assert main(["localize", str(folder), "mnist", "--out", str(out), "--augs", "1", "--layers", "0",
                  "--subset", "planted+heldout"]) == 0
     tensors, meta = read_map(out)
-    assert meta["layers"] == ["layers.0.feed_forward.hidden"]
-    assert tensors["layers.0.feed_forward.hidden.unitmem"].shape == (16, 384)
+    assert meta["layers"] == ["layers.0.feed_forward.w3"]
+    assert tensors["layers.0.feed_forward.w3.unitmem"].shape == (16, 384)
+
+
+def test_trained_views_are_the_default_and_travel_with_edits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A folder that records its training views (as `iarmem train` writes) is localized on exactly those views
+    and that seed; an edited copy keeps the record; --augs / --views augment take the paper's draws instead."""
+    folder = make_folder(tmp_path / "var", "tiny-var")
+    cfg = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps(cfg | {"training_views": {"views": 3, "seed": 7}}))
+    common = ["mnist", "--subset", "planted", "--batch-size", "4"]
+    assert main(["localize", str(folder), *common, "--out", str(tmp_path / "trained")]) == 0
+    s = json.loads((tmp_path / "trained" / "summary.json").read_text())
+    assert (s["views"], s["view_seed"], s["view_source"], s["augs"]) == ([0, 1, 2], 7, "trained", 3)
+    assert "3 trained views 0-2 (seed 7" in capsys.readouterr().out
+    # the mu of the trained views, computed directly, gives the file's UnitMem
+    iar, _ = open_model(str(folder))
+    ds = bundled_mnist()
+    ids = select_ids(ds, model_plan(str(folder), ds), "planted")
+    images, labels = load_views(iar, ds, np.repeat(ids, 3), np.tile([0, 1, 2], len(ids)), 7)
+    want = direct_unitmem(direct_mu(iar, iar.tokenize(images), labels, 3), ids)
+    tensors, _ = read_map(tmp_path / "trained")
+    got = np.concatenate([tensors[f"blocks.{i}.ffn.fc1.unitmem"].numpy().ravel() for i in range(4)])
+    np.testing.assert_allclose(got, want["unitmem"], rtol=1e-4, atol=1e-6)
+
+    assert main(["localize", str(folder), *common, "--augs", "2", "--out", str(tmp_path / "augs")]) == 0
+    s = json.loads((tmp_path / "augs" / "summary.json").read_text())
+    assert (s["views"], s["view_seed"], s["view_source"]) == ([1, 2], 0, "augment")
+
+    loc = tmp_path / "trained"
+    assert main(["mitigate", str(folder), str(loc), "--top", "1", "--factor", "0", "--out", str(tmp_path / "ed")]) == 0
+    assert json.loads((tmp_path / "ed" / "model.json").read_text())["training_views"] == {"views": 3, "seed": 7}
+
+    plain = make_folder(tmp_path / "plain", "tiny-var")
+    capsys.readouterr()
+    assert main(["localize", str(plain), *common, "--views", "trained", "--out", str(tmp_path / "no")]) == 2
+    assert "records no training views" in capsys.readouterr().err
+    assert main(["localize", str(folder), *common, "--views", "trained", "--augs", "2",
+                 "--out", str(tmp_path / "both")]) == 2
+    assert not (tmp_path / "no").exists() and not (tmp_path / "both").exists()

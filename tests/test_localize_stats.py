@@ -100,7 +100,7 @@ def test_bin_reducer_handles_scattered_bins() -> None:
 def test_streaming_equals_all_at_once_bit_for_bit(chunks: list[int]) -> None:
     act, ids = _acts(1)
     whole, streamed = _feed(act, ids, [N]), _feed(act, ids, chunks)
-    for name in ("sums_SF", "max_F", "argmax_F"):
+    for name in ("sums_SF", "max_F", "argmax_F", "ties_F"):
         assert torch.equal(getattr(whole, name), getattr(streamed, name)), name
     assert whole.count == streamed.count
 
@@ -122,9 +122,10 @@ def test_lanes_make_interleaved_shards_reduce_exactly() -> None:
     merged = UnitStats(7, lanes=4)
     merged.sums_SF = ranks[0].sums_SF + ranks[1].sums_SF
     for st_ in ranks:
-        merged._merge(st_.max_F, st_.argmax_F)
+        merged._merge(st_.max_F, st_.argmax_F, st_.ties_F)
     assert torch.equal(merged.total_F(), one.total_F())
     assert torch.equal(merged.max_F, one.max_F) and torch.equal(merged.argmax_F, one.argmax_F)
+    assert torch.equal(merged.ties_F, one.ties_F)
 
 
 def test_edge_cases_one_image_silent_units_and_ties() -> None:
@@ -133,11 +134,16 @@ def test_edge_cases_one_image_silent_units_and_ties() -> None:
     others = mean_others(stats.total_F(), stats.max_F, stats.count)
     assert torch.equal(unitmem(stats.max_F, others), torch.zeros(3, dtype=torch.float64))  # N = 1: UnitMem 0
     assert median_others(np.array([[0.0, 2.0, 5.0]], dtype=np.float32)).tolist() == [0.0, 2.0, 5.0]
-    # ties go to the smallest id, whatever the order the images arrive in
-    tied = UnitStats(2)
-    tied.update([0, 1], [9, 4], torch.tensor([[1.0, 3.0], [1.0, 2.0]]))
-    tied.update([2], [2], torch.tensor([[1.0, 3.0]]))
-    assert tied.argmax_F.tolist() == [2, 2]
+    # a tied maximum is counted, whatever the order and batching of the images; no image owns it
+    tied = UnitStats(3)
+    tied.update([0, 1], [9, 4], torch.tensor([[1.0, 3.0, 0.5], [1.0, 2.0, 4.0]]))
+    tied.update([2], [2], torch.tensor([[1.0, 3.0, 1.0]]))
+    assert tied.argmax_F.tolist() == [2, 2, 4] and tied.ties_F.tolist() == [3, 2, 1]
+    assert tied.owner_F().tolist() == [-1, -1, 4]
+    later = UnitStats(3)  # a larger value arriving after a tie resets the count
+    later.update([0, 1], [9, 4], torch.tensor([[1.0, 3.0, 0.5], [1.0, 3.0, 4.0]]))
+    later.update([2], [2], torch.tensor([[1.5, 3.0, 1.0]]))
+    assert later.ties_F.tolist() == [1, 3, 1] and later.owner_F().tolist() == [2, -1, 4]
     with pytest.raises(FloatingPointError, match="image 5"):
         UnitStats(1).update([0], [5], torch.tensor([[float("nan")]]))
 

@@ -5,11 +5,14 @@
   torchrun --nproc_per_node 4 -m iarmem localize ... (each process takes every 4th image)
 
 For every image, the fc1 activations (after the GELU) of a teacher-forced pass on the ground-truth
-tokens are averaged in absolute value over the token positions of each bin (VAR: its scales) and
-over --augs training augmentations. UnitMem = (mu_max - mu_-max) / (mu_max + mu_-max) with mu_-max
-the mean (or, --stat median, the median) of the other images. Writes unitmem.safetensors,
-summary.json, heatmap.png, blocks.png and top_images.png; --resume continues a killed run and
-ends with the same bytes.
+tokens are averaged in absolute value over the token positions of each bin (VAR: its scales; the
+class-only first position is left out unless --keep-class-positions) and over the image's views:
+for a model folder written by `iarmem train`, the views it was trained on (its seed); otherwise
+--augs draws of the family's training augmentation (the paper's 10).
+UnitMem = (mu_max - mu_-max) / (mu_max + mu_-max) with mu_-max the mean (or, --stat median, the
+median) of the other images; a unit whose maximum several images tie for is owned by none. Writes
+unitmem.safetensors, summary.json, heatmap.png, blocks.png and top_images.png; --resume continues a
+killed run and ends with the same bytes.
 """
 
 from __future__ import annotations
@@ -65,10 +68,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kinds", default="fc1", help=f"unit kinds to tap, comma-separated from {', '.join(UNIT_KINDS)} "
                    "(default fc1: the MLP hidden units after the activation)")
     p.add_argument("--layers", default="all", help="blocks to tap, e.g. 0-3,7 (default all)")
-    p.add_argument("--augs", type=int, default=10,
-                   help="augmentations A per image: training-augmentation draws 1..A (default 10, as the paper)")
+    p.add_argument("--views", choices=("auto", "trained", "augment"), default="auto",
+                   help="views averaged per image: trained (the views a model folder of `iarmem train` learned, "
+                        "with its seed), augment (--augs draws of the training augmentation with --seed), auto "
+                        "(default: trained where recorded, else augment)")
+    p.add_argument("--augs", type=int,
+                   help="augment: draws A per image, views 1..A (default 10, as the paper); implies --views augment")
     p.add_argument("--include-eval-view", action="store_true",
-                   help="use the evaluation crop as one of the A views (then draws 1..A-1)")
+                   help="augment: use the evaluation crop as one of the A views (then draws 1..A-1)")
+    p.add_argument("--keep-class-positions", action="store_true",
+                   help="keep the class-only first position (VAR's 1x1 scale) in the bins; by default it is left "
+                        "out, since every image of a class gives it the same activation")
     p.add_argument("--subset", choices=SUBSETS,
                    help="images to localize on: default 'train' for a model with a planting manifest, else 'all'")
     size = p.add_mutually_exclusive_group()
@@ -89,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="forward precision (bfloat16: under torch.autocast; statistics stay float64)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per process)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of the augmentation draws")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of --views augment draws")
     p.add_argument("--save-every", type=int, default=20, help="checkpoint every N batches (default 20; 0: never)")
     p.add_argument("--lanes", type=int, default=8,
                    help="float64 partial sums by image position mod K; runs on a number of processes dividing K "
@@ -104,7 +114,8 @@ def config_from_args(args: argparse.Namespace) -> LocalizeConfig:
     return LocalizeConfig(
         model=args.model, data=args.data, out=args.out, tokenizer=args.tokenizer, weights=args.weights,
         kinds=parse_kinds(args.kinds), blocks=parse_blocks(args.layers), augs=args.augs,
-        include_eval_view=args.include_eval_view, subset=args.subset, fraction=args.fraction,
+        views=args.views, include_eval_view=args.include_eval_view, keep_class_positions=args.keep_class_positions,
+        subset=args.subset, fraction=args.fraction,
         per_class=args.per_class, bins=args.bins, batch_size=args.batch_size, device=args.device, seed=args.seed,
         dtype=args.dtype, stat=args.stat, save_every=args.save_every, lanes=args.lanes,
         keep_values=args.keep_values, resume=args.resume, overwrite=args.overwrite)

@@ -4,7 +4,9 @@ unitmem.safetensors holds, for every tapped layer LAYER (official state-dict pre
 ``blocks.3.ffn.fc1``), [num_bins, width] tensors:
 
 - ``LAYER.unitmem`` float32: UnitMem of the run's statistic (mean or median of the others)
-- ``LAYER.max`` float32: mu_max; ``LAYER.argmax`` int64: the dataset id of the image giving it
+- ``LAYER.max`` float32: mu_max; ``LAYER.argmax`` int64: the dataset id of the image giving it, or -1
+  where several images tie for the maximum (no image owns the unit); ``LAYER.ties`` int64: how
+  many images give the maximum
 - ``LAYER.mean_others`` float32: mu_-max as the mean of the other images
 - ``LAYER.median_others`` float32: mu_-max as their median (``--stat median`` only)
 
@@ -31,7 +33,7 @@ from iarmem.localize.stats import UnitLayout, UnitStats, mean_others, unitmem
 from iarmem.models.checkpoint import write_state_dict
 
 FORMAT = "iarmem.unitmem"
-VERSION = "1"
+VERSION = "2"  # 2: argmax -1 on a tied maximum, ties; class-only positions left out by default
 FILE = "unitmem.safetensors"
 META_KEY = "iarmem"
 STATS = ("mean", "median")
@@ -45,7 +47,8 @@ class UnitMemMap:
     image_ids: np.ndarray
     stat: str
     max_F: Tensor
-    argmax_F: Tensor
+    argmax_F: Tensor  # the owner: NO_ID (-1) where the maximum is tied
+    ties_F: Tensor
     mean_others_F: Tensor
     median_others_F: Tensor | None
     unitmem_F: Tensor  # float32, exactly what the file holds (rankings use these values)
@@ -70,6 +73,7 @@ class UnitMemMap:
             if self.median_others_F is not None:
                 out[f"{slot.name}.median_others"] = self.median_others_F[sl].reshape(shape).to(torch.float32)
             out[f"{slot.name}.argmax"] = self.argmax_F[sl].reshape(shape).to(torch.int64)
+            out[f"{slot.name}.ties"] = self.ties_F[sl].reshape(shape).to(torch.int64)
         out["image_ids"] = torch.as_tensor(np.asarray(self.image_ids, dtype=np.int64))
         return out
 
@@ -94,8 +98,8 @@ def compute_map(stats: UnitStats, layout: UnitLayout, image_ids: np.ndarray, sta
     if stat == "median" and median_F is None:
         raise ValueError("stat='median' needs the medians of the others")
     others_F = median_F if stat == "median" else mean_F
-    return UnitMemMap(layout, np.asarray(image_ids, dtype=np.int64), stat, max_F, stats.argmax_F.cpu(), mean_F,
-                      median_F, unitmem(max_F, others_F).to(torch.float32))
+    return UnitMemMap(layout, np.asarray(image_ids, dtype=np.int64), stat, max_F, stats.owner_F().cpu(),
+                      stats.ties_F.cpu(), mean_F, median_F, unitmem(max_F, others_F).to(torch.float32))
 
 
 def write_map(result: UnitMemMap, path: str | os.PathLike) -> Path:

@@ -34,16 +34,18 @@ from iarmem.localize.summary import (
     top_images,
     top_shares,
 )
-from iarmem.localize.unitmem import DTYPES, MuCollector, view_indices
+from iarmem.localize.unitmem import DTYPES, MuCollector, localization_bins, view_indices
 from iarmem.models.base import IAR, UNIT_KINDS, UnitLayer
 from iarmem.models.checkpoint import read_state_dict, write_state_dict
-from iarmem.models.loading import ModelSource, open_model
+from iarmem.models.loading import ModelSource, is_model_folder, open_model, training_views
 from iarmem.plans import SUBSETS, model_plan, select_ids
 from iarmem.progress import log, progress
 from iarmem.runs import Run, start_run
 from iarmem.tokens import load_views
 
 STAGE = "localize"
+VIEW_SOURCES = ("auto", "trained", "augment")
+PAPER_AUGS = 10  # the paper's A
 STATE_FILE = "localize_state.safetensors"
 VALUES_FILE = "mu_values.f32"
 SUMMARY_FILE = "summary.json"
@@ -62,8 +64,10 @@ class LocalizeConfig:
     weights: str | None = None
     kinds: tuple[str, ...] = ("fc1",)
     blocks: tuple[int, ...] | None = None
-    augs: int = 10
+    augs: int | None = None  # None: the trained views (model folders of `iarmem train`), else 10 draws
+    views: str = "auto"
     include_eval_view: bool = False
+    keep_class_positions: bool = False
     subset: str | None = None
     fraction: float | None = None
     per_class: int | None = None
@@ -81,7 +85,8 @@ class LocalizeConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.augs >= 1, f"--augs must be >= 1, got {self.augs}"),
+            (self.augs is None or self.augs >= 1, f"--augs must be >= 1, got {self.augs}"),
+            (self.views in VIEW_SOURCES, f"--views must be one of {', '.join(VIEW_SOURCES)}, got {self.views!r}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.save_every >= 0, f"--save-every must be >= 0 (0: only when stopping), got {self.save_every}"),
             (self.lanes >= 1, f"--lanes must be >= 1, got {self.lanes}"),
@@ -92,7 +97,6 @@ class LocalizeConfig:
             (self.subset is None or self.subset in SUBSETS,
              f"--subset must be one of {', '.join(SUBSETS)}, got {self.subset!r}"),
             (self.bins is None or self.bins >= 1, f"--bins must be >= 1, got {self.bins}"),
-            (not (self.include_eval_view and self.augs < 1), "--include-eval-view needs --augs >= 1"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -115,6 +119,7 @@ class Setup:
     layers: list[UnitLayer]
     bins_L: torch.Tensor
     collector: MuCollector
+    view_source: str
 
     @property
     def layout(self) -> UnitLayout:
@@ -143,19 +148,45 @@ def prepare(cfg: LocalizeConfig, world: World) -> Setup:
                             f"choose blocks in that range")
         layers = [layer for layer in layers if layer.block in set(cfg.blocks)]
     try:
-        bins_L = iar.bins(cfg.bins)
+        bins_L = localization_bins(iar, cfg.bins, cfg.keep_class_positions)
     except ValueError as e:
         raise UserError(f"--bins: {e}") from e
-    views = view_indices(cfg.augs, cfg.include_eval_view)
-    collector = MuCollector(iar, layers, bins_L, views, cfg.seed, cfg.dtype)
-    return Setup(iar, source, ds, plan, subset, ids, layers, bins_L, collector)
+    views, view_seed, view_source = choose_views(cfg)
+    collector = MuCollector(iar, layers, bins_L, views, view_seed, cfg.dtype)
+    return Setup(iar, source, ds, plan, subset, ids, layers, bins_L, collector, view_source)
+
+
+def choose_views(cfg: LocalizeConfig) -> tuple[tuple[int, ...], int, str]:
+    """(views, their seed, "trained" or "augment").
+
+    A model folder written by ``iarmem train`` records the views it trained on (0..V-1 of its
+    seed): by default UnitMem is measured on exactly those pixels. Otherwise (official checkpoints,
+    or ``--views augment`` / ``--augs``) it averages the paper's A draws of the family's training
+    augmentation (default 10) with ``--seed``.
+    """
+    trained = training_views(cfg.model) if is_model_folder(cfg.model) else None
+    source = cfg.views
+    if source == "auto":
+        source = "trained" if trained is not None and cfg.augs is None and not cfg.include_eval_view else "augment"
+    if source == "trained":
+        if trained is None:
+            raise UserError(f"--views trained: {cfg.model} records no training views (model folders written by "
+                            f"`iarmem train` do); use --views augment")
+        if cfg.augs is not None or cfg.include_eval_view:
+            raise UserError("--augs and --include-eval-view choose augmentation draws; drop them or use "
+                            "--views augment")
+        return trained[0], trained[1], source
+    augs = PAPER_AUGS if cfg.augs is None else cfg.augs
+    return view_indices(augs, cfg.include_eval_view), cfg.seed, source
 
 
 def settings_of(cfg: LocalizeConfig, setup: Setup) -> dict[str, Any]:
     """The settings that shape the results (run.json refuses to mix runs that differ in them)."""
     return {"model": cfg.model, "tokenizer": cfg.tokenizer, "weights": cfg.weights, "data": setup.ds.describe(),
             "kinds": list(cfg.kinds), "blocks": None if cfg.blocks is None else list(cfg.blocks),
-            "augs": cfg.augs, "include_eval_view": cfg.include_eval_view, "views": list(setup.collector.views),
+            "augs": setup.collector.augs, "include_eval_view": cfg.include_eval_view,
+            "views": list(setup.collector.views), "view_seed": setup.collector.seed, "view_source": setup.view_source,
+            "keep_class_positions": cfg.keep_class_positions,
             "subset": setup.subset, "fraction": cfg.fraction, "per_class": cfg.per_class,
             "bins": setup.layout.num_bins, "batch_size": cfg.batch_size, "seed": cfg.seed, "dtype": cfg.dtype,
             "stat": cfg.stat, "lanes": cfg.lanes}
@@ -280,6 +311,8 @@ def _restore(path: Path, stats: UnitStats, ids: np.ndarray, cfg: LocalizeConfig,
             meta = dict(f.metadata() or {})
     except (UserError, SafetensorError, OSError) as e:
         raise UserError(f"the checkpoint {path} of this run is damaged; pass --overwrite to start again") from e
+    if "ties" not in state:
+        raise UserError(f"{path} was saved by an older iarmem (no tie counts); pass --overwrite to start again")
     same = (torch.equal(state["image_ids"], torch.as_tensor(ids)) and int(meta.get("lanes", -1)) == cfg.lanes
             and int(meta.get("size", -1)) == stats.size)
     if not same:
@@ -321,8 +354,12 @@ def build_summary(cfg: LocalizeConfig, setup: Setup, result: UnitMemMap, world: 
         "layers": [s.describe() for s in setup.layout.layers],
         "bins": {"count": setup.layout.num_bins, "labels": bin_labels(setup.iar.grids, setup.bins_L)},
         "num_images": result.num_images,
-        "augs": cfg.augs,
+        "augs": setup.collector.augs,
         "views": list(setup.collector.views),
+        "view_seed": setup.collector.seed,
+        "view_source": setup.view_source,
+        "excluded_positions": int((setup.bins_L < 0).sum()),
+        "tied_units": int((result.ties_F > 1).sum()),
         "stat": cfg.stat,
         "subset": setup.subset,
         "settings": settings_of(cfg, setup),

@@ -8,8 +8,9 @@ of images N:
   p in the id list (lane p mod S), each lane added in position order. A run on W processes, with
   W dividing S, keeps every lane on one process (rank p mod W), so summing the lanes in lane
   order at the end reproduces one process's float64 sum bit for bit.
-- ``max_F`` / ``argmax_F``: the largest mu and its image id; ties go to the smallest id, which is
-  order-free, so shards and resumes reduce exactly.
+- ``max_F`` / ``argmax_F`` / ``ties_F``: the largest mu, the smallest id of an image giving it
+  and how many images give it (more than one: the maximum is tied and no image owns the unit).
+  All three are order-free, so shards and resumes reduce exactly.
 - ``count``: images seen. Every image contributes one value to every column, so one count serves
   all columns.
 
@@ -79,6 +80,8 @@ class UnitLayout:
 class BinReducer:
     """|activation| averaged over the token positions of each bin: [S, L, U] -> [S, K, U] float32.
 
+    A bin of -1 leaves the position out (the class-only positions, by default).
+
     Bins that are contiguous runs of positions (VAR scales, raster position bins) are read as
     slices, anything else through an index. The token sum accumulates in float32 (also for
     bfloat16 activations): torch's cascaded sums keep it within a few float32 ulps, the precision
@@ -87,8 +90,8 @@ class BinReducer:
 
     def __init__(self, bins_L: Tensor) -> None:
         bins = torch.as_tensor(bins_L, dtype=torch.int64).cpu()
-        if bins.dim() != 1 or bins.numel() == 0 or int(bins.min()) < 0:
-            raise ValueError("bins must be a non-empty [L] tensor of bin indices >= 0")
+        if bins.dim() != 1 or bins.numel() == 0 or int(bins.min()) < -1 or int(bins.max()) < 0:
+            raise ValueError("bins must be a non-empty [L] tensor of bin indices >= 0 (-1: left out)")
         self.num_bins = int(bins.max()) + 1
         self.seq_len = int(bins.numel())
         self.groups: list[slice | Tensor] = []
@@ -131,6 +134,7 @@ class UnitStats:
         self.sums_SF = torch.zeros(self.lanes, self.size, dtype=torch.float64, device=self.device)
         self.max_F = torch.full((self.size,), -torch.inf, dtype=torch.float64, device=self.device)
         self.argmax_F = torch.full((self.size,), NO_ID, dtype=torch.int64, device=self.device)
+        self.ties_F = torch.zeros(self.size, dtype=torch.int64, device=self.device)
         self.count = 0
 
     def update(self, positions_B: Sequence[int] | np.ndarray, ids_B: Sequence[int] | np.ndarray,
@@ -153,15 +157,22 @@ class UnitStats:
             self.sums_SF[p % self.lanes] += mu64_BF[j]
         ids_t = torch.as_tensor(ids, device=self.device)
         bmax_F = mu64_BF.amax(dim=0)
+        at_max_BF = mu64_BF == bmax_F
         big = torch.iinfo(torch.int64).max
-        barg_F = torch.where(mu64_BF == bmax_F, ids_t[:, None], big).amin(dim=0)
-        self._merge(bmax_F, barg_F)
+        barg_F = torch.where(at_max_BF, ids_t[:, None], big).amin(dim=0)
+        self._merge(bmax_F, barg_F, at_max_BF.sum(dim=0))
         self.count += len(ids)
 
-    def _merge(self, max_F: Tensor, arg_F: Tensor) -> None:
-        take = (max_F > self.max_F) | ((max_F == self.max_F) & (arg_F < self.argmax_F))
+    def _merge(self, max_F: Tensor, arg_F: Tensor, ties_F: Tensor) -> None:
+        greater, equal = max_F > self.max_F, max_F == self.max_F
+        take = greater | (equal & (arg_F < self.argmax_F))
+        self.ties_F = torch.where(greater, ties_F, torch.where(equal, self.ties_F + ties_F, self.ties_F))
         self.max_F = torch.where(take, max_F, self.max_F)
         self.argmax_F = torch.where(take, arg_F, self.argmax_F)
+
+    def owner_F(self) -> Tensor:
+        """The image that drives each column most, or NO_ID where several images tie for the maximum."""
+        return torch.where(self.ties_F == 1, self.argmax_F, torch.full_like(self.argmax_F, NO_ID))
 
     def total_F(self) -> Tensor:
         """The float64 sum over images: lanes added in lane order (the same on every world size)."""
@@ -174,23 +185,27 @@ class UnitStats:
     def reduced(self, world: World) -> UnitStats:
         """The statistics of all ranks together (every rank gets them).
 
-        Lanes held by one rank are summed with zeros elsewhere, which is exact; max / argmax and
-        the count are exact by construction.
+        Lanes held by one rank are summed with zeros elsewhere, which is exact; max / argmax, the
+        tie counts (summed over the ranks that reach the global max) and the count are exact by
+        construction.
         """
         out = UnitStats(self.size, self.lanes, self.device)
         out.sums_SF = all_sum(self.sums_SF.clone(), world).to(self.device)
         mx, arg = all_max_argmax(self.max_F, self.argmax_F, world)
         out.max_F, out.argmax_F = mx.to(self.device), arg.to(self.device)
+        mine = torch.where(self.max_F == out.max_F, self.ties_F, torch.zeros_like(self.ties_F))
+        out.ties_F = all_sum(mine, world).to(self.device)
         out.count = int(all_sum(torch.tensor([self.count], dtype=torch.int64), world)[0])
         return out
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"sums": self.sums_SF.cpu(), "max": self.max_F.cpu(), "argmax": self.argmax_F.cpu(),
-                "count": torch.tensor([self.count], dtype=torch.int64)}
+                "ties": self.ties_F.cpu(), "count": torch.tensor([self.count], dtype=torch.int64)}
 
     def load_reduced(self, state: dict[str, Tensor], world: World) -> None:
         """Resume from a reduced state: each rank takes back the lanes it adds to (lane mod world
-        size == rank), every rank the max / argmax (idempotent under the max), rank 0 the count."""
+        size == rank), every rank the max / argmax (idempotent under the max), rank 0 the tie counts
+        and the count (sums: held once)."""
         sums = state["sums"].to(self.device, torch.float64)
         if tuple(sums.shape) != (self.lanes, self.size):
             raise ValueError(f"saved sums have shape {tuple(sums.shape)}, expected {(self.lanes, self.size)}")
@@ -198,6 +213,8 @@ class UnitStats:
         self.sums_SF = torch.where(own[:, None], sums, torch.zeros_like(sums))
         self.max_F = state["max"].to(self.device, torch.float64).clone()
         self.argmax_F = state["argmax"].to(self.device, torch.int64).clone()
+        ties = state["ties"].to(self.device, torch.int64)
+        self.ties_F = ties.clone() if world.is_main else torch.zeros_like(ties)
         self.count = int(state["count"][0]) if world.is_main else 0
 
 

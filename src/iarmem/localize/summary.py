@@ -17,23 +17,25 @@ from torch import Tensor
 
 from iarmem.data import ImageDataset, Plan
 from iarmem.localize.results import UnitMemMap
+from iarmem.models.base import grid_begin_ends
 from iarmem.plans import group_of
 
 PERCENTS = (1, 5, 10)
 GROUPS = ("planted", "ordinary", "heldout", "other")
+NO_OWNER = "none"  # the group of a unit whose maximum is tied: no image owns it
 
 
 def bin_labels(grids: tuple[tuple[int, int], ...], bins_L: Tensor) -> list[str]:
-    """Names of the bins: "HxW" when the bins are a multi-scale model's scales, else token ranges."""
+    """Names of the bins: "HxW" for a bin that is one whole scale of a multi-scale model, else token
+    ranges (positions of bin -1 are left out and get no name)."""
     bins = np.asarray(bins_L, dtype=np.int64)
-    K = int(bins.max()) + 1
-    if len(grids) > 1 and len(grids) == K:
-        return [f"{h}x{w}" for h, w in grids]
+    scales = {(b, e): f"{h}x{w}" for (h, w), (b, e) in zip(grids, grid_begin_ends(grids))} if len(grids) > 1 else {}
     out = []
-    for k in range(K):
+    for k in range(int(bins.max()) + 1):
         pos = np.nonzero(bins == k)[0]
         contiguous = pos[-1] - pos[0] + 1 == len(pos)
-        out.append(f"tokens {pos[0]}-{pos[-1]}" if contiguous else f"bin {k} ({len(pos)} tokens)")
+        scale = scales.get((int(pos[0]), int(pos[-1]) + 1)) if contiguous else None
+        out.append(scale or (f"tokens {pos[0]}-{pos[-1]}" if contiguous else f"bin {k} ({len(pos)} tokens)"))
     return out
 
 
@@ -45,15 +47,16 @@ class UnitRanking:
     unit_U: np.ndarray
     best_bin_U: np.ndarray
     score_U: np.ndarray  # max UnitMem over bins
-    image_U: np.ndarray  # argmax image at the best bin
+    image_U: np.ndarray  # argmax image at the best bin (-1: tied, owned by no image)
     order_U: np.ndarray  # indices of the above, best first
 
     def top(self, percent: float) -> np.ndarray:
-        return self.order_U[:top_count(len(self.order_U), percent)]
+        return self.order_U[:percent_count(len(self.order_U), percent)]
 
 
-def top_count(total: int, percent: float) -> int:
-    """p % of n rounded to nearest, at least 1: the count `iarmem mitigate --top p` edits."""
+def percent_count(total: int, percent: float) -> int:
+    """p % of n rounded to nearest, at least 1 (any p > 0 takes something): the count that
+    `iarmem mitigate --top p` edits and the summaries report."""
     return min(total, max(1, math.floor(total * percent / 100 + 0.5)))
 
 
@@ -91,7 +94,7 @@ def top_shares(result: UnitMemMap, ranking: UnitRanking, percents: tuple[float, 
     for p in percents:
         top = ranking.top(p)
         per_layer = np.bincount(ranking.layer_U[top], minlength=n_layers) / len(top)
-        ptop = pair_order[:top_count(len(pair_order), p)]
+        ptop = pair_order[:percent_count(len(pair_order), p)]
         cells = np.zeros((n_layers, K))
         np.add.at(cells, (pair_layer[ptop], pair_bin[ptop]), 1.0)
         out.append({"percent": p, "units": int(len(top)), "per_layer": _round(per_layer.tolist()),
@@ -102,9 +105,11 @@ def top_shares(result: UnitMemMap, ranking: UnitRanking, percents: tuple[float, 
 
 def top_images(result: UnitMemMap, ranking: UnitRanking, ds: ImageDataset, plan: Plan | None,
                percent: float = 1, limit: int = 16) -> list[dict[str, Any]]:
-    """The images that are the argmax of the most top-p % units, most first (ties: smaller id)."""
+    """The images that are the argmax of the most top-p % units, most first (ties: smaller id); units
+    whose maximum is tied belong to no image and count for none."""
     top = ranking.top(percent)
-    ids, counts = np.unique(ranking.image_U[top], return_counts=True)
+    owners = ranking.image_U[top]
+    ids, counts = np.unique(owners[owners >= 0], return_counts=True)
     order = np.lexsort((ids, -counts))[:limit]
     groups = group_of(plan, ids[order])
     out = []
@@ -122,21 +127,24 @@ def group_evidence(result: UnitMemMap, ranking: UnitRanking, plan: Plan | None,
     """How many top-p % units have a planted / ordinary / held-out argmax image, against chance.
 
     Chance is the share of each group among the N localized images: what a unit whose argmax
-    were a uniformly random image would give. None without a planting manifest.
+    were a uniformly random image would give. Units whose maximum is tied are counted as "none"
+    (chance 0). None without a planting manifest.
     """
     if plan is None:
         return None
     image_groups = group_of(plan, result.image_ids)
-    expected = {g: float(np.mean(image_groups == g)) for g in GROUPS}
+    names = (*GROUPS, NO_OWNER)
+    expected = {g: float(np.mean(image_groups == g)) for g in names}
     out = []
     for p in percents:
         top = ranking.top(p)
-        unit_groups = group_of(plan, ranking.image_U[top])
-        counts = {g: int(np.sum(unit_groups == g)) for g in GROUPS}
-        shares = {g: counts[g] / len(top) for g in GROUPS}
+        owners = ranking.image_U[top]
+        unit_groups = np.where(owners < 0, NO_OWNER, group_of(plan, owners))
+        counts = {g: int(np.sum(unit_groups == g)) for g in names}
+        shares = {g: counts[g] / len(top) for g in names}
         out.append({"percent": p, "units": int(len(top)), "counts": counts, "shares": _round(shares),
                     "expected_shares": _round(expected),
-                    "lift": {g: (round(shares[g] / expected[g], 3) if expected[g] > 0 else None) for g in GROUPS},
+                    "lift": {g: (round(shares[g] / expected[g], 3) if expected[g] > 0 else None) for g in names},
                     "distinct_images": {g: int(len(np.unique(ranking.image_U[top][unit_groups == g])))
                                         for g in GROUPS}})
     return out
@@ -150,12 +158,25 @@ def _round(x: Any, nd: int = 6) -> Any:
     return round(float(x), nd)
 
 
+def views_text(summary: dict[str, Any]) -> str:
+    """Which views were averaged per image, in words."""
+    views = summary.get("views") or []
+    span = f"views {views[0]}-{views[-1]}" if len(views) > 1 else f"view {views[0]}" if views else "views"
+    if summary.get("view_source") == "trained":
+        return f"{len(views)} trained {span} (seed {summary.get('view_seed')}, as in training)"
+    return f"{len(views)} augmentation {span} (seed {summary.get('view_seed', '?')})"
+
+
 def describe(summary: dict[str, Any]) -> list[str]:
     """A few lines for the terminal: where the top units sit and which images drive them."""
     names = [layer["name"] for layer in summary["layers"]]
     labels = summary["bins"]["labels"]
     lines = [f"UnitMem ({summary['stat']} of the others) over {summary['num_images']} images x "
-             f"{summary['augs']} augmentations, {len(names)} layers x {len(labels)} bins"]
+             f"{views_text(summary)}, {len(names)} layers x {len(labels)} bins"
+             + (f" ({summary['excluded_positions']} class-only position(s) left out)"
+                if summary.get("excluded_positions") else "")]
+    if summary.get("tied_units"):
+        lines.append(f"{summary['tied_units']} (unit, bin) columns have a tied maximum: owned by no image")
     plb = np.asarray(summary["per_layer_bin"])
     i, k = np.unravel_index(int(np.argmax(plb)), plb.shape)
     lines.append(f"highest mean UnitMem: {plb[i, k]:.3f} in {names[i]} at {labels[k]}")

@@ -31,6 +31,25 @@ def view_indices(augs: int, include_eval_view: bool) -> tuple[int, ...]:
     return tuple(range(augs)) if include_eval_view else tuple(range(1, augs + 1))
 
 
+def localization_bins(iar: IAR, num_bins: int | None = None, keep_class_positions: bool = False) -> Tensor:
+    """[L] bin of every token position, -1 for positions left out.
+
+    By default the class-only positions (``IAR.class_only_positions``) are left out: every image of
+    a class gives them the same activation, so the largest one would be a tie that the smallest id
+    wins. Bins are renumbered 0..K-1 over what remains (VAR: the 1x1 scale goes, 2x2 is bin 0).
+    """
+    bins = iar.bins(num_bins).to(torch.int64).clone()
+    if keep_class_positions:
+        return bins
+    bins[:iar.class_only_positions] = -1
+    kept = torch.unique(bins[bins >= 0])
+    if kept.numel() == 0:
+        raise ValueError("every bin holds only class-only positions; use more bins or keep the class positions")
+    remap = torch.full((int(bins.max()) + 1,), -1, dtype=torch.int64)
+    remap[kept] = torch.arange(kept.numel())
+    return torch.where(bins >= 0, remap[bins.clamp_min(0)], bins)
+
+
 class MuCollector:
     """Computes per-image mu [B, F] (float32, on the model's device) for batches of dataset ids."""
 

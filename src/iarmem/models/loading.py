@@ -22,6 +22,7 @@ from iarmem.models.checkpoint import write_state_dict
 from iarmem.models.registry import FAMILIES, from_official, get_preset, load_weights, presets
 
 MODEL_JSON = "model.json"
+TRAINING_VIEWS = "training_views"  # model.json: {"views": V, "seed": S}: trained on views 0..V-1 drawn with seed S
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,22 @@ def open_model(spec: str, tokenizer: str | os.PathLike | None = None, weights: s
     load_weights(iar, tok_file, mdl_file)
     iar = iar.to(device).eval()
     return iar, ModelSource(str(spec), iar.family, preset, str(tok_file), str(mdl_file))
+
+
+def training_views(spec: str | os.PathLike) -> tuple[tuple[int, ...], int] | None:
+    """(views, seed) a model folder was trained on (``iarmem train`` records them); None otherwise.
+
+    View 0 is the eval crop and views 1.. draws of the family's training augmentation from the seed
+    (``iarmem.tokens``), so these are exactly the pixels the model learned.
+    """
+    path = Path(spec) / MODEL_JSON
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text()).get(TRAINING_VIEWS)
+        return (tuple(range(int(rec["views"]))), int(rec["seed"])) if rec else None
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} is damaged ({e}); re-run the stage that wrote it") from e
 
 
 def _resolve(folder: Path, name: str) -> Path:

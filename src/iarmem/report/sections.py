@@ -8,6 +8,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from iarmem.localize.summary import views_text
 from iarmem.report.charts import extraction_bars
 from iarmem.report.discover import UNEDITED, ModelGroup, Run
 from iarmem.report.fmt import DASH, GROUPS, as_dict, missing, num, rate, run_label, variant_label
@@ -20,7 +21,7 @@ from iarmem.report.sentences import bin_range, where_sentence
 def _loc_caption(g: ModelGroup, r: Run, s: dict[str, Any], sentence: str | None) -> str:
     v = "" if (r.variant is None or r.variant.role == "unedited") else f" &middot; {variant_label(r)}"
     facts = [f"{s['num_images']:,} images" if isinstance(s.get("num_images"), int) else "",
-             f"A = {s['augs']}" if s.get("augs") else "", f"stat {s['stat']}" if s.get("stat") else "",
+             views_text(s) if s.get("views") else "", f"stat {s['stat']}" if s.get("stat") else "",
              f"subset {s['subset']}" if s.get("subset") else ""]
     head = f"<b>{esc(g.label)}</b>{v} &middot; {run_label(r)} &middot; " + ", ".join(f for f in facts if f)
     return head + (f'<p class="sentence">{esc(sentence)}</p>' if sentence else "")
@@ -44,7 +45,8 @@ def _group_shares(s: dict[str, Any]) -> str:
     for gr in s.get("groups") or []:
         sh, ex = as_dict(gr.get("shares")), as_dict(gr.get("expected_shares"))
         if "planted" in sh:
-            out.append(f"top {gr.get('percent')}%: {rate(sh['planted'])} (chance {rate(ex.get('planted'))})")
+            tied = f"; {rate(sh['none'])} tied, owned by none" if sh.get("none") else ""
+            out.append(f"top {gr.get('percent')}%: {rate(sh['planted'])} (chance {rate(ex.get('planted'))}){tied}")
     return "<br>".join(out) or DASH
 
 
@@ -61,7 +63,8 @@ def localization_section(groups: list[ModelGroup]) -> str:
             top1 = next((t for t in s.get("top_shares") or [] if t.get("percent") == 1), {})
             bins = as_dict(s.get("bins"))
             rows.append([f"<b>{esc(g.label)}</b>", variant_label(r), run_label(r), num(s.get("num_images")),
-                         num(s.get("augs")), esc(s.get("stat", DASH)), num(bins.get("count")), _peak(s),
+                         esc(views_text(s)) if s.get("views") else DASH, esc(s.get("stat", DASH)),
+                         num(bins.get("count")), _peak(s),
                          num(top1.get("min_unitmem"), 3), _group_shares(s)])
             figs = [figure(read_image(r.path / name), f"{name} of {r.name}", f"{esc(what)} &middot; {run_label(r)}")
                     for name, what in (("blocks.png", "mean UnitMem per block, one line per bin"),
@@ -77,10 +80,12 @@ def localization_section(groups: list[ModelGroup]) -> str:
                  "The sentence is computed from summary.json: the blocks holding most of the top 1% units (ranked "
                  "by their largest UnitMem over bins), the narrowest run of bins holding half of their top (unit, "
                  "bin) pairs, and the share of those units whose most activating image is planted, against that "
-                 "group's share of the images localized (chance).")
-    body += table(["model", "variant", "run", "images", "augs", "stat", "bins", "highest mean UnitMem",
+                 "group's share of the images localized (chance). The class-only first position (VAR's 1x1 scale) is "
+                 "left out unless the run kept it: every image of a class gives it the same activation; a unit whose "
+                 "maximum several images tie for is owned by none of them.")
+    body += table(["model", "variant", "run", "images", "views", "stat", "bins", "highest mean UnitMem",
                    "top-1% min UnitMem", "planted share of top units"], rows, id_="localization",
-                  numeric=[False, False, False, True, True, False, True, False, True, False], wide=(9,), stack=True)
+                  numeric=[False, False, False, True, False, False, True, False, True, False], wide=(9,), stack=True)
     return body + "".join(extra)
 
 
@@ -159,18 +164,19 @@ def mitigation_section(groups: list[ModelGroup]) -> str:
             share = f" ({units / total:.1%})" if isinstance(units, int) and total else ""
             loc = as_dict(e.get("localization")).get("path") or st.get("localization")
             rows.append([f"<b>{esc(g.label)}</b>", variant_label(r), run_label(r),
-                         f"{num(units)} of {num(total)}{share}", esc(ed.get("mode", st.get("mode", DASH))),
+                         f"{num(units)} of {num(total)}{share}", esc(ed.get("edit", st.get("edit", DASH))),
                          num(ed.get("factor", st.get("factor"))), esc(sel.get("scope", st.get("scope", DASH))),
                          esc(sel.get("reduce") or st.get("reduce") or "max"),
                          esc(", ".join(f"{b}: {n}" for b, n in per_block.items()) or DASH),
                          code(Path(loc).name) if loc else DASH])
     if not rows:
         return missing("mitigate", "`iarmem mitigate MODEL LOCALIZATION --out RUN` scales the top units")
-    return (table(["model", "variant", "run", "units edited", "mode", "factor", "scope", "reduce",
+    return (table(["model", "variant", "run", "units edited", "edit", "factor", "scope", "reduce",
                    "units per block", "localization"], rows, id_="mitigation", wide=(8,), stack=True)
-            + note("Mitigation multiplies the weights that compute the chosen fc1 units by the factor (biases "
-                   "unchanged). The random and lowest-UnitMem controls edit as many units, so a drop in extraction "
-                   "that the controls do not show is due to the units UnitMem found."))
+            + note("The exact edit multiplies each chosen unit's output by the factor (0 removes the unit); the "
+                   "paper's edit multiplies the weight row that computes the unit, bias unchanged. The random and "
+                   "lowest-UnitMem controls edit as many units, so a drop in extraction that the controls do not "
+                   "show is due to the units UnitMem found."))
 
 
 # ---------------------------------------------------------------- sweep

@@ -15,11 +15,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from iarmem.attack.scoring import score_tokens, scored_positions
+from iarmem.attack.scoring import describe_scored, score_tokens, scored_positions
 from iarmem.data import ImageDataset, Plan, write_manifest
 from iarmem.fileio import atomic_path, write_json
 from iarmem.models.base import IAR, Tokens
-from iarmem.models.loading import save_model_folder
+from iarmem.models.loading import TRAINING_VIEWS, save_model_folder
 from iarmem.tokens import tokenize_views
 from iarmem.train.loop import TrainConfig, Trainer
 from iarmem.train.tokenizer import reconstruction_psnr
@@ -74,15 +74,17 @@ def load_or_tokenize(iar: IAR, ds: ImageDataset, ids: np.ndarray, views: int, se
 @torch.no_grad()
 def memorization_evidence(iar: IAR, ds: ImageDataset, plan: Plan, table: TokenTable, seed: int,
                           sample: int = 200) -> dict[str, Any]:
-    """Teacher-forced top-1 accuracy (VAR: last scale; raster: last quarter) and tokenizer PSNR per set."""
+    """Teacher-forced top-1 accuracy and tokenizer PSNR per set.
+
+    Scored on the attack's positions (:func:`~iarmem.attack.scoring.scored_positions`), so "memorized"
+    means the same thing in training evidence and in the attack's candidate scores."""
     iar.eval()
-    L = iar.seq_len
-    pos = scored_positions(iar, last=None if len(iar.grids) > 1 else max(1, L // 4))
+    pos = scored_positions(iar)
     rng = np.random.default_rng([seed, 11])
     ordinary = plan.ordinary_ids
     if len(ordinary) > sample:
         ordinary = np.sort(rng.choice(ordinary, size=sample, replace=False))
-    out: dict[str, Any] = {"scored": "last scale" if len(iar.grids) > 1 else f"last {pos.stop - pos.start} tokens"}
+    out: dict[str, Any] = {"scored": describe_scored(iar, pos)}
     for name, ids in (("planted", plan.planted_ids), ("ordinary", ordinary), ("heldout", plan.heldout_ids)):
         if len(ids) == 0:
             continue
@@ -127,5 +129,6 @@ def train_iar(iar: IAR, ds: ImageDataset, plan: Plan, cfg: TrainConfig, folder: 
     evidence["train_loss_first"] = trainer.history[0][1] if trainer.history else None
     evidence["train_loss_last"] = trainer.history[-1][1] if trainer.history else None
     write_json(folder / EVIDENCE_FILE, evidence)
-    save_model_folder(iar, folder, preset=preset, extra={"dataset": plan.dataset, "manifest": MANIFEST_FILE})
+    save_model_folder(iar, folder, preset=preset, extra={"dataset": plan.dataset, "manifest": MANIFEST_FILE,
+                                                         TRAINING_VIEWS: {"views": views, "seed": cfg.seed}})
     return {"step": trainer.step, "finished": True, "evidence": evidence}
