@@ -159,7 +159,8 @@ class _Tiny(torch.nn.Module):
 
 
 def test_torchscript_and_trained_feature_files(data, tmp_path) -> None:
-    features = pytest.importorskip("iarmem.features")
+    from iarmem import features
+
     ds, plan = data
     script = tmp_path / "tiny.pt"
     torch.jit.script(_Tiny()).save(str(script))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from iarmem.attack.select import parse_ids, ranking_key, select_top
+from iarmem.attack.select import ranking_key, select_top
 from iarmem.errors import UserError
 
 # ids 10..19; classes 0,0,0,1,1,1,1,2,2,2
@@ -47,20 +45,3 @@ def test_top_must_be_positive() -> None:
         ranking_key(TABLE, "accuracy")
 
 
-def test_explicit_ids_from_a_list_or_a_file(tmp_path: Path) -> None:
-    assert parse_ids("17, 3,3,42", 100).tolist() == [3, 17, 42]
-    assert parse_ids("5", 100).tolist() == [5]
-    f = tmp_path / "ids.txt"
-    f.write_text("# chosen by hand\n7\n2, 9  # trailing comment\n\n")
-    assert parse_ids(str(f), 100).tolist() == [2, 7, 9]
-    with pytest.raises(UserError, match="not in the dataset"):
-        parse_ids("3,100", 100)
-    with pytest.raises(UserError, match="not in the dataset"):
-        parse_ids("-1,2", 100)
-    with pytest.raises(UserError, match="no such file"):
-        parse_ids("missing.txt", 100)
-    with pytest.raises(UserError, match="integers"):
-        parse_ids("1,x", 100)
-    (tmp_path / "empty.txt").write_text("# nothing\n")
-    with pytest.raises(UserError, match="no image ids"):
-        parse_ids(str(tmp_path / "empty.txt"), 100)

@@ -10,6 +10,7 @@ from test_mitigate_support import (
     HAND_ARGMAX,
     HAND_IDS,
     HAND_LAYERS,
+    HAND_UNITMEM,
     A,
     B,
     hand_localization,
@@ -17,8 +18,10 @@ from test_mitigate_support import (
 )
 
 from iarmem.errors import UserError
-from iarmem.mitigate import forget_units, load_localization, parse_ids, reduce_scores, select_units
-from iarmem.mitigate.select import percent_count, ranked
+from iarmem.localize.summary import percent_count
+from iarmem.mitigate import forget_units, load_localization, reduce_scores, select_units
+from iarmem.mitigate.select import ranked
+from iarmem.plans import parse_ids
 
 NAMES = {0: "A0", 1: "A1", 2: "A2", 3: "A3", 4: "B0", 5: "B1", 6: "B2"}
 
@@ -147,14 +150,40 @@ def test_forget_run_takes_its_top_units_and_matched_controls(loc) -> None:
 
 
 def test_parse_ids(tmp_path: Path) -> None:
+    """One reader of image ids for --ids and --forget: lists, text files with comments, JSON lists."""
     assert parse_ids("3, 17,3,42").tolist() == [3, 17, 42]
+    assert parse_ids("5", 100).tolist() == [5]
     f = tmp_path / "ids.txt"
-    f.write_text("# forget these\n5\n9 7,\n")
+    f.write_text("# forget these\n5\n9 7,  # trailing comment\n")
     assert parse_ids(str(f)).tolist() == [5, 7, 9]
     j = tmp_path / "ids.json"
     j.write_text("[8, 6]")
     assert parse_ids(j).tolist() == [6, 8]
-    for bad in ("a,b", "nofile.txt", "", "1,-2"):
-        with pytest.raises(UserError):
-            parse_ids(bad)
-    assert HAND_IDS and HAND_LAYERS  # the helper's map is what the fixture wrote
+    assert parse_ids([4, 2, 4]).tolist() == [2, 4]
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    for bad, flag, n, why in (("a,b", "--forget", None, "no such file"), ("nofile.txt", "--ids", None, "no such file"),
+                              ("", "--forget", None, "no image ids"), ("1,-2", "--forget", None, "not an image id"),
+                              ("1,x", "--ids", 100, "no such file"), ("3,100", "--ids", 100, "not in the dataset"),
+                              (str(tmp_path / "empty.txt"), "--ids", 100, "no image ids")):
+        with pytest.raises(UserError, match=why) as e:
+            parse_ids(bad, n, flag=flag)
+        assert (flag in str(e.value) or "empty.txt" in str(e.value)) and "\n" not in str(e.value)
+
+
+def test_the_hand_made_map_is_what_the_helper_wrote(loc) -> None:
+    assert [(x.name, x.kind, x.block, x.width) for x in loc.layers] == HAND_LAYERS
+    assert loc.image_ids.tolist() == HAND_IDS
+    for name in (A, B):
+        np.testing.assert_array_equal(loc.argmax[name], HAND_ARGMAX[name])
+        np.testing.assert_array_equal(loc.unitmem[name], HAND_UNITMEM[name].astype(np.float32))
+
+
+def test_units_with_a_tied_maximum_belong_to_no_image(tmp_path: Path) -> None:
+    """argmax -1 (several images tie for the maximum) is owned by no image: forgetting never picks it."""
+    layers = [("blocks.0.ffn.fc1", "fc1", 0, 4)]
+    um = {"blocks.0.ffn.fc1": np.array([[0.9, 0.8, 0.7, 0.6]])}
+    am = {"blocks.0.ffn.fc1": np.array([[5, -1, 5, -1]])}
+    loc = load_localization(write_localization(tmp_path / "loc", layers, um, am, [5, 6]))
+    assert forget_units(loc, [5]).units == {"blocks.0.ffn.fc1": (0, 2)}
+    with pytest.raises(UserError, match="zero units"):
+        forget_units(loc, [6])

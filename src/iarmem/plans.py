@@ -8,6 +8,10 @@ then work on a class-balanced subset of the dataset the user names.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +70,39 @@ def select_ids(ds: ImageDataset, plan: Plan | None, subset: str = "train", *, fr
     if fraction is None and per_class is None:
         return pool
     return np.sort(balanced_subset(ds.labels, fraction=fraction, per_class=per_class, seed=seed, pool=pool))
+
+
+def parse_ids(spec: str | os.PathLike | Sequence[int], num_images: int | None = None, *,
+              flag: str = "--ids") -> np.ndarray:
+    """Sorted unique dataset ids from a comma / whitespace list ("3,17,42"), a file of ids (the same,
+    with # comments, or a JSON list), or a sequence of ints; checked against ``num_images`` if given."""
+    if isinstance(spec, (str, os.PathLike)):
+        text, where = str(spec), flag
+        path = Path(spec)
+        if path.is_file():
+            try:
+                text, where = path.read_text(encoding="utf-8"), str(path)
+            except (OSError, UnicodeDecodeError) as e:
+                raise UserError(f"cannot read the id file {path} ({e})") from e
+            if text.lstrip().startswith("["):
+                try:
+                    text = " ".join(str(x) for x in json.loads(text))
+                except (json.JSONDecodeError, TypeError) as e:
+                    raise UserError(f"{path} is not a valid JSON list of ids ({e})") from e
+        elif not re.fullmatch(r"[\s\d,+-]*", text):
+            raise UserError(f"{flag} {text!r}: no such file, and not a comma list of image ids; pass ids like 17,42 "
+                            f"or the path of a file of ids")
+        tokens = [t for t in re.split(r"[\s,]+", re.sub(r"#[^\n]*", "", text)) if t]
+        bad = [t for t in tokens if not t.isdigit()]
+        if bad:
+            raise UserError(f"{where}: {bad[0]!r} is not an image id; pass non-negative integers like 17,42")
+        ids = np.asarray([int(t) for t in tokens], dtype=np.int64)
+    else:
+        ids, where = np.asarray(list(spec), dtype=np.int64), flag
+    if ids.size == 0:
+        raise UserError(f"{where} names no image ids; pass ids like 17,42 or a file of ids")
+    if ids.min() < 0 or (num_images is not None and ids.max() >= num_images):
+        bad_id = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise UserError(f"{where}: image id {bad_id} is not in the dataset; pass ids in 0..{(num_images or 1) - 1}"
+                        if num_images is not None else f"{where}: image id {bad_id} is negative; pass ids >= 0")
+    return np.unique(ids)

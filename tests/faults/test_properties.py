@@ -21,12 +21,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from iarmem.attack.decide import calibrate, copies_other, extracted
-from iarmem.attack.select import parse_ids as parse_extract_ids
 from iarmem.commands.localize import parse_blocks
 from iarmem.distributed import World
 from iarmem.errors import UserError
 from iarmem.localize.stats import UnitStats, mean_others, median_others, unitmem
-from iarmem.mitigate.forget import parse_ids as parse_forget_ids
+from iarmem.plans import parse_ids
 
 from .helpers import Result, run_cli
 
@@ -98,14 +97,14 @@ def test_forget_ids_parse_from_lists_and_files(ids: list[int], sep: str, tmp_pat
                                                ) -> None:
     expect = np.unique(ids)
     if sep.strip() or "\n" not in sep:  # a comma list on the command line (no newlines)
-        assert np.array_equal(parse_forget_ids(sep.join(map(str, ids))), expect)
+        assert np.array_equal(parse_ids(sep.join(map(str, ids)), flag="--forget"), expect)
     d = tmp_path_factory.mktemp("ids")
     text_file = d / "ids.txt"
     text_file.write_text("# ids to forget\n" + sep.join(map(str, ids)) + "  # trailing comment\n")
-    assert np.array_equal(parse_forget_ids(str(text_file)), expect)
+    assert np.array_equal(parse_ids(str(text_file)), expect)
     json_file = d / "ids.json"
     json_file.write_text(json.dumps(ids))
-    assert np.array_equal(parse_forget_ids(str(json_file)), expect)
+    assert np.array_equal(parse_ids(str(json_file)), expect)
 
 
 @FAST
@@ -114,7 +113,7 @@ def test_forget_ids_refuse_anything_but_non_negative_integers(ids: list[int], ba
     tokens = list(map(str, ids))
     tokens.insert(min(at, len(tokens)), bad)
     with pytest.raises(UserError) as e:
-        parse_forget_ids(",".join(tokens))
+        parse_ids(",".join(tokens), flag="--forget")
     assert "--forget" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -123,10 +122,10 @@ def test_forget_ids_refuse_anything_but_non_negative_integers(ids: list[int], ba
 def test_extract_ids_are_checked_against_the_dataset(ids: list[int], n: int) -> None:
     text = ",".join(map(str, ids))
     if max(ids) < n:
-        assert np.array_equal(parse_extract_ids(text, n), np.unique(ids))
+        assert np.array_equal(parse_ids(text, n), np.unique(ids))
     else:
         with pytest.raises(UserError, match="not in the dataset"):
-            parse_extract_ids(text, n)
+            parse_ids(text, n)
 
 
 blocks = st.lists(st.one_of(st.integers(0, 40).map(lambda b: (b, b)),
@@ -298,14 +297,22 @@ def test_raising_a_heldout_similarity_never_lowers_the_threshold(s: np.ndarray, 
 
 
 @FAST
-@given(own=sims, other=sims, t=st.floats(0, 1))
-def test_copies_other_means_above_the_threshold_and_closer_to_the_other(own: np.ndarray, other: np.ndarray,
-                                                                        t: float) -> None:
+@given(own=sims, other=sims, t=st.floats(0, 1), t2=st.floats(0, 1), bump=st.floats(0, 1), nan_at=st.integers(0, 59))
+def test_copies_other_is_antisymmetric_and_monotone(own: np.ndarray, other: np.ndarray, t: float, t2: float,
+                                                   bump: float, nan_at: int) -> None:
+    """Metamorphic properties of "the generation copies another image", not a restatement of it."""
     n = min(len(own), len(other))
     own, other = own[:n], other[:n]
     c = copies_other(own, other, t)
-    assert np.all(other[c] > t) and np.all(other[c] > own[c])
-    assert np.array_equal(c, (other > t) & (other > own))
+    assert not np.any(c & copies_other(other, own, t))  # never a copy of both the prompt and the other
+    lo, hi = sorted((t, t2))
+    assert np.all(copies_other(own, other, hi) <= copies_other(own, other, lo))  # a stricter bar flags less
+    assert np.all(c <= copies_other(own, np.minimum(other + bump, 1.0), t))  # closer to the other: still a copy
+    assert np.all(copies_other(np.minimum(own + bump, 1.0), other, t) <= c)  # closer to its own: less a copy
+    assert not np.any(copies_other(own, np.minimum(own, other), t))  # no closer than its own: never a copy
+    missing = own.copy()
+    missing[nan_at % n] = np.nan  # no similarity to its own prompt (e.g. no reconstruction) counts as none
+    assert np.all(c <= copies_other(missing, other, t))
 
 
 def test_helper_paths_do_not_exist() -> None:

@@ -23,7 +23,7 @@ from torch import Tensor
 from iarmem.attack import control
 from iarmem.attack.decide import Calibration, Metric, calibrate, choose_metric, copies_other, extracted
 from iarmem.attack.generate import check_prefix, default_prefix, describe_prefix, generate_batch, prefix_tokens
-from iarmem.attack.scoring import score_tokens, scored_positions
+from iarmem.attack.scoring import describe_scored, score_tokens, scored_positions
 from iarmem.attack.select import ranking_key, select_top
 from iarmem.attack.settings import AttackSettings, load_extractors
 from iarmem.attack.similarity import Embedder, background_ids, embed, prefix_background, psnr, ssim, token_measures
@@ -109,12 +109,7 @@ def _positions(iar: IAR, last: int | None) -> slice:
 
 
 def describe_positions(iar: IAR, last: int | None) -> str:
-    pos = _positions(iar, last)
-    n = pos.stop - pos.start
-    if len(iar.grids) > 1:
-        h, w = iar.grids[-1]
-        return f"last scale ({h}x{w} = {n} tokens)"
-    return f"last {n} of {iar.seq_len} tokens"
+    return describe_scored(iar, _positions(iar, last))
 
 
 # ---- generation and measurement --------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Candidate scoring: how well the model predicts an image's own tokens under teacher forcing.
 
 One conditional pass per image (no guidance, no label dropout). The score is the top-1 accuracy
-on the last scale (VAR) or on the last k tokens (raster families; k = 99 of 256 in the paper),
-where the model has the most context and memorized images stand out.
+on the *scored positions*, iarmem's one definition of "memorized" per family, used by the attack's
+candidate scores and by the training evidence alike: VAR's last scale; for raster families
+(RAR, LlamaGen) the last 99/256 of the sequence (the paper's 99 of 256 tokens; 25 of 64 on an
+8x8 grid), where the model has the most context and memorized images stand out.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ def scored_positions(iar: IAR, last: int | None = None) -> slice:
     if not 1 <= k <= L:
         raise ValueError(f"last must lie in 1..{L}, got {k}")
     return slice(L - k, L)
+
+
+def describe_scored(iar: IAR, positions: slice) -> str:
+    """The scored positions in words ("last scale (8x8 = 64 tokens)", "last 25 of 64 tokens")."""
+    n = positions.stop - positions.start
+    if len(iar.grids) > 1:
+        h, w = iar.grids[-1]
+        return f"last scale ({h}x{w} = {n} tokens)"
+    return f"last {n} of {iar.seq_len} tokens"
 
 
 @torch.no_grad()

@@ -7,8 +7,6 @@ and for any number of processes.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from iarmem.errors import UserError
@@ -45,27 +43,3 @@ def select_top(ids: np.ndarray, labels: np.ndarray, score: np.ndarray, tiebreak:
         pos = order[labels[order] == c]
         chosen.append(ids[pos[:top]])
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
-
-
-def parse_ids(spec: str, num_images: int) -> np.ndarray:
-    """``--ids``: a comma list ("3,17,42") or a file of ids (whitespace / comma separated, # comments)."""
-    p = Path(spec)
-    if p.is_file():
-        lines = [ln.split("#", 1)[0] for ln in p.read_text(encoding="utf-8").splitlines()]
-        text, where = " ".join(lines), str(p)
-    elif "," in spec or spec.strip().lstrip("-").isdigit():
-        text, where = spec, "--ids"
-    else:
-        raise UserError(f"--ids {spec!r}: no such file, and not a comma list of image ids; pass ids like 3,17,42 "
-                        f"or the path of a file of ids")
-    parts = [t for t in text.replace(",", " ").split() if t]
-    try:
-        ids = np.array([int(t) for t in parts], dtype=np.int64)
-    except ValueError as e:
-        raise UserError(f"{where}: image ids must be integers ({e})") from None
-    if len(ids) == 0:
-        raise UserError(f"{where} lists no image ids")
-    bad = ids[(ids < 0) | (ids >= num_images)]
-    if len(bad):
-        raise UserError(f"{where}: image id {int(bad[0])} is not in the dataset (ids 0..{num_images - 1})")
-    return np.unique(ids)

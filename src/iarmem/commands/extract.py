@@ -22,11 +22,11 @@ from iarmem.attack import AttackSettings, load_extractors, run_attack
 from iarmem.attack.decide import METRICS
 from iarmem.attack.outputs import OUTPUTS
 from iarmem.attack.pipeline import check_model, from_main, image_pool
-from iarmem.attack.select import SCORES, parse_ids
+from iarmem.attack.select import SCORES
 from iarmem.data import open_dataset
 from iarmem.distributed import barrier, close, init_world
 from iarmem.models.loading import is_model_folder, open_model
-from iarmem.plans import MANIFEST, SUBSETS, model_plan
+from iarmem.plans import MANIFEST, SUBSETS, model_plan, parse_ids
 from iarmem.progress import log
 from iarmem.runs import Run, start_run
 

@@ -2,18 +2,16 @@
 
 A unit belongs to an image when the image is its argmax (the image that drives it most) in some
 bin (``match="any"``) or in the bin its score comes from (``match="reduced"``: the chosen bin, or
-the bin where its UnitMem peaks under ``reduce="max"``). ``top`` optionally keeps only units
-among the top P % by UnitMem, since an argmax means little for a unit that memorizes nothing.
-Given a localization run made over the forget images alone, its top units are the ones to edit.
+the bin where its UnitMem peaks under ``reduce="max"``); a unit whose maximum several images tie
+for belongs to none (the localization writes -1). ``top`` optionally keeps only units among the
+top P % by UnitMem, since an argmax means little for a unit that memorizes nothing. Given a
+localization run made over the forget images alone, its top units are the ones to edit. The
+edit itself is the mitigate command's (``--edit exact --factor 0`` removes the units).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -22,37 +20,6 @@ from iarmem.mitigate.localization import Localization
 from iarmem.mitigate.select import Scores, Selection, control_like, reduce_scores, resolve_reduce, top_selection
 
 MATCHES = ("any", "reduced")
-
-
-def parse_ids(value: str | os.PathLike | Sequence[int]) -> np.ndarray:
-    """Dataset ids from a comma list ("3,17,42"), a text file of ids, a JSON list file, or ints."""
-    if not isinstance(value, (str, os.PathLike)):
-        ids = np.asarray(list(value), dtype=np.int64)
-    else:
-        text, where = str(value), "--forget"
-        path = Path(value)
-        if path.is_file():
-            try:
-                text, where = path.read_text(), str(path)
-            except (OSError, UnicodeDecodeError) as e:
-                raise UserError(f"cannot read the id file {path} ({e})") from e
-            if text.lstrip().startswith("["):
-                try:
-                    text = ",".join(str(x) for x in json.loads(text))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path} is not a valid JSON list of ids ({e})") from e
-        elif not re.fullmatch(r"[\s\d,]*", text):
-            raise UserError(f"--forget {text!r} is neither a comma list of image ids nor an existing file; "
-                            f"pass ids like 17,42 or the path of a file of ids")
-        text = re.sub(r"#[^\n]*", "", text)
-        tokens = [t for t in re.split(r"[\s,]+", text) if t]
-        bad = [t for t in tokens if not t.isdigit()]
-        if bad:
-            raise UserError(f"{where}: {bad[0]!r} is not a dataset image id (non-negative integer)")
-        ids = np.asarray([int(t) for t in tokens], dtype=np.int64)
-    if ids.size == 0:
-        raise UserError("--forget names no image ids; pass ids like 17,42 or a file of ids")
-    return np.unique(ids)
 
 
 def check_ids(loc: Localization, ids: np.ndarray) -> None:

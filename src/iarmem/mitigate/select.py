@@ -10,7 +10,6 @@ pure function of the map.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from iarmem.errors import UserError
+from iarmem.localize.summary import percent_count
 from iarmem.mitigate.localization import Localization
 
 REDUCES = ("max", "mean", "bin")
@@ -140,11 +140,6 @@ def reduce_scores(loc: Localization, reduce: str | None = None, bin: int | None 
         parts.append(table.max(0) if reduce == "max" else table.mean(0) if reduce == "mean" else table[bin])
     infos = [loc.layer(n) for n in names]
     return Scores(tuple(names), tuple(i.width for i in infos), tuple(i.block for i in infos), np.concatenate(parts))
-
-
-def percent_count(n: int, p: float) -> int:
-    """Units in p % of n: rounded to nearest, at least one (so any p > 0 edits something)."""
-    return min(n, max(1, math.floor(n * p / 100 + 0.5)))
 
 
 def ranked(values: np.ndarray, highest: bool) -> np.ndarray:
