@@ -35,9 +35,15 @@ def test_planted_images_are_memorized_and_held_out_ones_are_not(trained: Path) -
 
 
 def test_the_attack_finds_planted_images_and_no_held_out_ones(trained: Path) -> None:
+    """The whole training set is scored (20 planted among 1,020) and only the top 2 per class are generated:
+    the scorer must rank the planted images first for the attack to find them (a random ranking would
+    pick about 0.4 of them); held-out images are generated as controls."""
     out = trained / "extract"
-    assert main(["extract", str(trained / "model"), "mnist", "--subset", "planted+heldout", "--top", "4",
-                 "--out", str(out)]) == 0
-    rates = json.loads((out / "summary.json").read_text())["rates"]
-    assert rates["planted"] >= 0.7
-    assert rates["heldout"] <= 0.1
+    assert main(["extract", str(trained / "model"), "mnist", "--top", "2", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["scoring"]["scored"] == 1040 and s["candidates"] == 20
+    g = s["by_group"]
+    assert g["planted"]["candidates"] >= 18  # the scorer ranks planted images first
+    assert g["planted"]["recall"] >= 0.7
+    assert g.get("ordinary", {}).get("extracted", 0) == 0
+    assert g["heldout"]["generated"] == 20 and g["heldout"]["extracted"] <= 2

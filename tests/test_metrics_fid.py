@@ -81,9 +81,38 @@ def test_kid_zero_on_itself_and_grows_with_noise() -> None:
     assert abs(self_kid.mean) < 0.1 * values[3]
 
 
+def _mmd2_by_definition(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD^2 of Binkowski et al. (KID), pair by pair: within-set pairs i != j, all cross pairs."""
+    m, d = x.shape
+
+    def k(a: np.ndarray, b: np.ndarray) -> float:
+        return (float(a @ b) / d + 1.0) ** 3
+
+    within = sum(k(x[i], x[j]) + k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    cross = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return within - 2 * cross
+
+
+def test_kid_equals_the_estimator_by_definition() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(30, 5)), rng.normal(0.3, 1.2, size=(30, 5))
+    # subsets of the full size are permutations, which the estimator does not see
+    assert kid(x, y, num_subsets=3, subset_size=30, seed=1).mean == pytest.approx(_mmd2_by_definition(x, y), rel=1e-10)
+    small = [_mmd2_by_definition(x[i], y[j]) for i, j in _subsets(seed=7, n=30, m=12, count=4)]
+    got = kid(x, y, num_subsets=4, subset_size=12, seed=7)
+    assert got.mean == pytest.approx(np.mean(small), rel=1e-10) and got.std == pytest.approx(np.std(small), rel=1e-8)
+
+
+def _subsets(seed: int, n: int, m: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The subsets kid() draws: documented as seeded numpy draws without replacement, a then b per subset."""
+    rng = np.random.default_rng([seed, 0x4B1D])
+    return [(rng.choice(n, m, replace=False), rng.choice(n, m, replace=False)) for _ in range(count)]
+
+
 def test_kid_is_seeded_and_unbiased_for_one_distribution() -> None:
-    a, b = _features(800, 8, seed=0), _features(800, 8, seed=0)
+    a, b = _features(800, 8, seed=0), _features(800, 8, seed=1)
     assert kid(a, b, 10, 200, seed=3) == kid(a, b, 10, 200, seed=3)
+    assert kid(a, b, 10, 200, seed=3) != kid(a, b, 10, 200, seed=4)
     fresh = np.random.default_rng(5).normal(size=(800, 8))
     same_dist = kid(fresh[:400], fresh[400:], num_subsets=50, subset_size=200, seed=0)
     assert abs(same_dist.mean) < 3 * same_dist.std + 1e-3

@@ -162,6 +162,28 @@ def test_taps(case) -> None:
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("where", [0.0, 0.4, 0.9])
+def test_tapped_row_i_sees_tokens_before_i_only(case, where: float) -> None:
+    """Row i of a tap is the position that predicts token i: changing token j changes rows j+1.. and no
+    earlier row (a tap slice off by one either way fails: row j would change, or row j+1 would not)."""
+    iar, tokens, labels, _ = case
+    j = int(where * (iar.seq_len - 1))
+    layers = iar.unit_layers(("fc1", "attn.proj"))
+    other = tokens.ids_BL.clone()
+    other[:, j] = (other[:, j] + 1) % iar.vocab_size
+
+    def rows(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        seen: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), tap(iar, layers, lambda layer, act: seen.__setitem__(layer.name, act.clone())):
+            iar.logits(Tokens(ids, tokens.grids), labels)
+        return seen
+
+    a, b = rows(tokens.ids_BL), rows(other)
+    for layer in layers:
+        assert torch.equal(a[layer.name][:, : j + 1], b[layer.name][:, : j + 1]), layer.name
+        assert not torch.allclose(a[layer.name][:, j + 1], b[layer.name][:, j + 1]), layer.name
+
+
 def test_taps_during_generation(case) -> None:
     iar, _, labels, cfg = case
     shapes: list[tuple[int, ...]] = []
@@ -182,11 +204,11 @@ def test_unit_layers(case) -> None:
     for i, u in enumerate(fc1):
         assert u == UnitLayer(name=f"blocks.{i}.mlp.fc1", kind="fc1", block=i, width=cfg.intermediate_size,
                               tap_module=f"blocks.{i}.mlp.act", tap_input=False,
-                              in_params=((f"blocks.{i}.mlp.fc1.weight", 0),),
-                              out_params=((f"blocks.{i}.mlp.fc2.weight", 1),))
+                              exact_params=((f"blocks.{i}.mlp.fc2.weight", 1),),
+                              paper_params=((f"blocks.{i}.mlp.fc1.weight", 0),))
     for u in iar.unit_layers(("fc1", "fc2", "attn.proj")):
         assert u.tap_module in modules
-        for key, axis in u.in_params + u.out_params:
+        for key, axis in u.paper_params + u.exact_params:
             assert sd[key].shape[axis] == u.width
         assert iar.unit_layer(u.name) == u
     with pytest.raises(ValueError):
@@ -220,7 +242,21 @@ def test_training_loss_backpropagates(case) -> None:
     assert grad is not None and bool(grad.abs().sum() > 0)
 
 
-def test_random_order_changes_the_loss(case) -> None:
+def _raster_loss_in_order(model: RARFamily, ids_L: torch.Tensor, label: torch.Tensor, order_L: torch.Tensor) -> float:
+    """The loss of one sample trained in ``order``, computed without the model's order path: a raster pass
+    over the permuted tokens through a copy whose position tables are permuted the same way (slot k holds
+    token o_k and carries its raster position's embedding; its target-aware row is that of o_k too)."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for table in (twin.model.pos_embed, twin.model.target_aware_pos_embed):
+            rows = table[0, 2:2 + len(order_L)].clone()
+            table[0, 2:2 + len(order_L)] = rows[order_L]
+        permuted = ids_L[order_L][None]
+        logits = twin.logits(Tokens(permuted, model.grids), label[None])
+        return float(F.cross_entropy(logits[0].float(), permuted[0], reduction="sum"))
+
+
+def test_random_order_trains_each_sample_in_its_drawn_order(case) -> None:
     iar, tokens, labels, _ = case
     model = rebuild(iar, class_label_dropout=0.0)
     model.load_state_dict(iar.state_dict())
@@ -235,9 +271,38 @@ def test_random_order_changes_the_loss(case) -> None:
     ce = F.cross_entropy(model.logits(tokens, labels).flatten(0, 1), tokens.ids_BL.flatten())
     torch.testing.assert_close(raster, ce, atol=1e-6, rtol=1e-6)
     assert torch.equal(loss(1.0, 0), loss(1.0, 0))
+    # ratio 1: every sample in its own permutation, the one the generator draws first (no label dropout)
+    orders = model.sample_orders(len(labels), torch.Generator().manual_seed(0))
+    L = model.seq_len
+    assert orders is not None and all(torch.equal(o.sort().values, torch.arange(L)) for o in orders)
+    assert not any(torch.equal(o, torch.arange(L)) for o in orders)
+    want = sum(_raster_loss_in_order(model, tokens.ids_BL[b], labels[b], orders[b]) for b in range(len(labels)))
+    torch.testing.assert_close(loss(1.0, 0), torch.tensor(want / (len(labels) * L)), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(loss(1.0), raster)
     with pytest.raises(ValueError):
         model.set_random_ratio(1.5)
+
+
+def test_random_order_training_is_reproducible_on_several_threads() -> None:
+    """The same step twice gives the same gradients bit for bit, on 2 threads (RAR's order embedding once
+    used advanced indexing, whose CPU backward adds atomically: every run trained different weights)."""
+    iar = rebuild(small_random_rar(), class_label_dropout=0.0)
+    iar.load_state_dict(small_random_rar().state_dict())
+    iar.set_random_ratio(1.0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, iar.vocab_size, (128, iar.seq_len), generator=g)
+    labels = torch.randint(0, iar.num_classes, (128,), generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = set()
+        for _ in range(8):  # a race: the more repeats, the surer a nondeterministic kernel shows
+            iar.zero_grad(set_to_none=True)
+            iar.training_loss(ids, labels, generator=torch.Generator().manual_seed(1)).backward()
+            seen.add(b"".join(p.grad.numpy().tobytes() for p in iar.model.parameters() if p.grad is not None))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == 1
 
 
 def test_label_dropout_draws_from_the_generator(case) -> None:
