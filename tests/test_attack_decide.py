@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from iarmem.attack.control import best_other
-from iarmem.attack.decide import calibrate, check_threshold, choose_metric, copies_other, extracted
+from iarmem.attack.decide import calibrate, check_threshold, choose_metric, copies_other, decide_rule, extracted
+from iarmem.attack.neighbours import nearest_other, token_similarity
 from iarmem.attack.settings import AttackSettings
 from iarmem.errors import UserError
 
@@ -73,19 +74,49 @@ def test_extracted_is_strictly_above_and_never_nan() -> None:
     assert extracted(np.array([0.75, 0.7500001, math.nan]), 0.75).tolist() == [False, True, False]
 
 
-def test_best_other_and_copies_other() -> None:
-    ids = np.array([1, 2, 3, 4, 5])
-    labels = np.array([0, 0, 0, 1, 1])
-    reference = np.array([True, True, False, True, False])  # 3 and 5 are held out
-    # sim[i, j]: generation i vs reconstruction j
-    sim = np.array([[1.0, 0.2, 0.0, 0.0, 0.0],
-                    [0.9, 0.3, 0.0, 0.0, 0.0],
-                    [0.95, 0.1, 0.4, 0.0, 0.0],
-                    [0.0, 0.0, 0.0, 0.8, 0.0],
-                    [0.0, 0.0, 0.0, 0.5, 0.6]])
-    other, other_id = best_other(lambda i, j: sim[np.ix_(i, j)], ids, labels, reference)
-    # row 0 (id 1): others of class 0 among references: id 2 -> 0.2; row 3 (id 4): no other reference -> NaN
-    np.testing.assert_allclose(other, [0.2, 0.9, 0.95, np.nan, 0.5])
-    assert other_id.tolist() == [2, 1, 1, -1, 4]
-    own = sim.diagonal()
-    assert copies_other(own, other, 0.75).tolist() == [False, True, True, False, False]
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_nearest_other_is_the_best_other_pool_image_in_any_chunking(chunk: int) -> None:
+    rng = np.random.default_rng(chunk)
+    pool = np.array([2, 5, 8, 9, 13, 21, 34])
+    items = torch.from_numpy(rng.integers(0, 3, (len(pool), 6)))  # few values: many ties
+    queries = np.array([5, 9, 40])  # 40 is not in the pool
+    gen = torch.from_numpy(rng.integers(0, 3, (3, 6)))
+    sim = token_similarity(gen, 1)
+    full = (gen[:, None, 1:] == items[None, :, 1:]).float().mean(-1).double().numpy()  # [queries, pool]
+    best, best_id = nearest_other(queries, pool, lambda ids: items[np.searchsorted(pool, ids)], sim, chunk=chunk)
+    for q, qid in enumerate(queries):
+        allowed = pool != qid
+        want = full[q][allowed].max()
+        assert best[q] == want
+        assert best_id[q] == pool[allowed][np.flatnonzero(full[q][allowed] == want)[0]]  # ties: the smaller id
+    none, none_id = nearest_other(np.array([2]), np.array([2]), lambda ids: items[:1], token_similarity(gen[:1], 1))
+    assert none[0] == -np.inf and none_id[0] == -1
+
+
+def test_prompt_specific_decision_and_copies_of_another_image() -> None:
+    own = np.array([0.95, 0.95, 0.5, 0.6, np.nan])
+    other = np.array([0.4, 0.9, 0.96, 0.55, 0.97])
+    # a copy of its prompt: above 0.8 and closer to it than to any other by more than 0.1
+    assert copies_other(other, own, 0.8, 0.1).tolist() == [True, False, False, False, False]
+    # a copy of another image: the other image above 0.8 and closer by more than 0.1 (NaN own: no own match)
+    assert copies_other(own, other, 0.8, 0.1).tolist() == [False, False, True, False, True]
+    assert copies_other(own, other, 0.8).tolist() == [False, False, True, False, True]  # margin 0 as before
+
+
+def test_threshold_and_margin_are_calibrated_on_held_out_with_a_floor() -> None:
+    tokens = choose_metric("tokens", set())
+    own = np.array([1.0, 0.9, 0.5, 0.55, 0.45, 0.6])
+    gap = np.array([0.5, 0.3, -0.1, -0.2, 0.05, 0.02])
+    held = np.array([False, False, True, True, True, True])
+    d = decide_rule(tokens, own, gap, held, calibrate_on=True, fpr=0.01, threshold=None, margin=None)
+    assert d.threshold == 0.6 and d.margin == 0.1  # held-out max gap 0.05 is below the floor 0.1
+    assert d.other_bar == 0.9  # a copy of the nearest of many images must clear the fixed bar too
+    assert d.calibration is not None and d.margin_calibration.threshold == 0.05
+    wide = np.array([0.5, 0.3, -0.1, -0.2, 0.25, 0.02])
+    assert decide_rule(tokens, own, wide, held, calibrate_on=True, fpr=0.01, threshold=None, margin=None).margin == 0.25
+    fixed = decide_rule(tokens, own, gap, held, calibrate_on=False, fpr=0.01, threshold=None, margin=None)
+    assert (fixed.threshold, fixed.margin, fixed.calibration, fixed.other_bar) == (0.9, 0.1, None, 0.9)
+    absolute = decide_rule(tokens, own, gap, held, calibrate_on=False, fpr=0.01, threshold=0.7, margin=-math.inf)
+    assert absolute.margin == -math.inf and "nearest" not in absolute.text("tokens")
+    assert AttackSettings().calibrates(20) and not AttackSettings().calibrates(0)
+    assert not AttackSettings(threshold=0.8).calibrates(20) and not AttackSettings(calibrate=False).calibrates(20)

@@ -55,7 +55,13 @@ def test_cli_writes_every_output(first_run: Path) -> None:
     assert all(r["generated"] == "yes" for r in rows if r["group"] == "heldout")
     assert not any(r["is_candidate"] == "yes" for r in rows if r["group"] == "heldout")
     s = json.loads((first_run / "summary.json").read_text())
-    assert s["candidates"] == 10 and s["metric"] == "tokens" and s["threshold"] == 0.9
+    assert s["candidates"] == 10 and s["metric"] == "tokens"
+    # held-out images exist: threshold and margin are calibrated on them, the margin not below its floor
+    assert s["calibration"]["heldout"] == 10 and s["threshold"] == s["calibration"]["threshold"]
+    assert s["margin"] >= 0.1 and s["margin_calibration"]["heldout"] == 10 and s["pool"] == 30
+    assert {"image_extracted", "extracted_via", "other_id"} <= set(rows[0])
+    assert s["heldout_false_positives"] == 0 and set(s["membership"]) >= {"heldout", "mia_loss", "mia_cfg"}
+    assert set(s["membership"]["mia_cfg"]) == {"planted", "ordinary", "members"}
     assert set(s["rates"]) == {"planted", "ordinary", "heldout"} and s["by_group"]["heldout"]["generated"] == 10
     assert s["prefix"]["steps"] == 3 and "scales" in s["prefix"]["rule"]
     assert s["model"]["preset"] == "tiny-var" and s["world_size"] == 1
@@ -81,7 +87,7 @@ def test_resume_reuses_the_scores_of_a_stopped_run(model_dir: Path, first_run: P
     assert main(["extract", str(model_dir), "mnist", "--out", str(out), *FAST, "--resume"]) == 0
     captured = capsys.readouterr()
     assert "reusing the scores" in captured.err
-    assert "candidates extracted" in captured.out
+    assert "training images extracted from 10 candidates" in captured.out
     assert (out / "candidates.csv").read_text() == (first_run / "candidates.csv").read_text()
 
 

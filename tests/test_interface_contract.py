@@ -98,3 +98,18 @@ def test_training_loss_is_finite_and_backpropagates(iar: IAR) -> None:
     iar.zero_grad(set_to_none=True)
     tl, rec = iar.tokenizer_loss(images)
     assert torch.isfinite(tl) and rec.shape == images.shape
+
+
+@torch.no_grad()
+def test_unconditional_logits_ignore_the_class(iar: IAR) -> None:
+    """The unconditional branch (the family's "no class" id) is the same whatever labels are passed, and
+    differs from the conditional pass (the class matters in these weights)."""
+    images, labels = _data(iar)
+    tokens = iar.tokenize(images)
+    other = (labels + 1) % iar.num_classes
+    uncond = iar.logits(tokens, labels, unconditional=True)
+    assert torch.equal(uncond, iar.logits(tokens, other, unconditional=True))
+    assert uncond.shape == (3, iar.seq_len, iar.vocab_size)
+    assert (uncond - iar.logits(tokens, labels)).abs().max() > 1e-3
+    with pytest.raises(ValueError):
+        iar.logits(tokens, torch.full_like(labels, iar.num_classes), unconditional=True)

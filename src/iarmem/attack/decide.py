@@ -1,8 +1,12 @@
-"""The leak decision: which similarity, which threshold, and the controls that keep it honest.
+"""The leak decision: which similarity, which threshold and margin, and the controls that keep it honest.
 
-An image counts as extracted when the similarity of its generation to its reconstruction
-*exceeds* the threshold (the paper: SSCD cosine > 0.75). The threshold is fixed, or calibrated on
-images the model never saw: the smallest value at which at most ``fpr`` of them would count.
+The paper counts an image as extracted when the similarity of its generation to its reconstruction
+*exceeds* a threshold (SSCD cosine > 0.75). iarmem's decision is prompt-specific (the relative
+distance of Carlini et al. 2023): the generation must also be closer to its prompt image than to
+every other training or held-out image by a margin; a generation that is closer to another image
+by the margin is that image's extraction, whatever the prompt. Threshold and margin are fixed, or
+calibrated on images the model never saw: the smallest values at which at most ``fpr`` of them
+would count (the margin never below the metric's floor).
 """
 
 from __future__ import annotations
@@ -17,21 +21,24 @@ from iarmem.errors import UserError
 
 @dataclass(frozen=True)
 class Metric:
-    """A similarity the decision can use; ``lo``/``hi`` bound the thresholds a user may pass."""
+    """A similarity the decision can use; ``lo``/``hi`` bound the thresholds a user may pass;
+    ``margin`` is the default (and the floor of a calibrated) margin over the nearest other image."""
 
     name: str
     default_threshold: float
     lo: float
     hi: float
     what: str
+    margin: float
 
 
 METRICS: dict[str, Metric] = {
-    "sscd": Metric("sscd", 0.75, 0.0, 1.0, "SSCD copy-detection cosine (--sscd FILE), the paper's measure"),
-    "features": Metric("features", 0.75, 0.0, 1.0, "cosine of the --features extractor"),
-    "ssim": Metric("ssim", 0.75, 0.0, 1.0, "pixel SSIM of generation vs reconstruction (built in)"),
-    "tokens": Metric("tokens", 0.9, 0.0, 1.0, "fraction of generated tokens equal to the ground truth (built in)"),
-    "psnr": Metric("psnr", 20.0, 0.0, math.inf, "pixel PSNR in dB (built in)"),
+    "sscd": Metric("sscd", 0.75, 0.0, 1.0, "SSCD copy-detection cosine (--sscd FILE), the paper's measure", 0.1),
+    "features": Metric("features", 0.75, 0.0, 1.0, "cosine of the --features extractor", 0.1),
+    "ssim": Metric("ssim", 0.75, 0.0, 1.0, "pixel SSIM of generation vs reconstruction (built in)", 0.1),
+    "tokens": Metric("tokens", 0.9, 0.0, 1.0, "fraction of generated tokens equal to the ground truth (built in)",
+                     0.1),
+    "psnr": Metric("psnr", 20.0, 0.0, math.inf, "pixel PSNR in dB (built in)", 2.0),
 }
 NEEDS_EXTRACTOR = {"sscd": "--sscd FILE", "features": "--features FILE or --features trained:PATH"}
 
@@ -112,11 +119,68 @@ def extracted(sims: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(np.isnan(s), False, s > threshold)
 
 
-def copies_other(own: np.ndarray, other: np.ndarray, threshold: float) -> np.ndarray:
-    """The generation passes for *another* image, and resembles it more than its own prompt.
+def copies_other(own: np.ndarray, other: np.ndarray, threshold: float, margin: float = 0.0) -> np.ndarray:
+    """The generation passes for *another* image, and resembles it more than its own prompt by ``margin``.
 
     This is what class-only conditioning looks like: the model emits a memorized image of the
-    class whatever the prefix says.
+    class whatever the prefix says. With the arguments swapped it is the prompt-specific test of
+    the generation's own prompt: ``copies_other(other, own, t, m)``.
     """
     own = np.nan_to_num(np.asarray(own, dtype=np.float64), nan=-math.inf)
-    return extracted(other, threshold) & (np.asarray(other, dtype=np.float64) > own)
+    return extracted(other, threshold) & (np.asarray(other, dtype=np.float64) - own > margin)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The rule that judged the generations: threshold and margin, how each was set, their calibration."""
+
+    threshold: float
+    threshold_rule: str
+    margin: float
+    margin_rule: str
+    calibration: Calibration | None = None
+    margin_calibration: Calibration | None = None
+    other_threshold: float | None = None  # the bar for "a copy of another image" (default: the threshold)
+
+    @property
+    def other_bar(self) -> float:
+        return self.threshold if self.other_threshold is None else self.other_threshold
+
+    def text(self, metric: str) -> str:
+        if self.margin == -math.inf:
+            return f"extracted when {metric} > {self.threshold:.6g}"
+        other = f"; a copy of another pool image when above {self.other_bar:.6g} and closer to it by as much"
+        return (f"extracted when {metric} > {self.threshold:.6g} and {metric} exceeds the nearest other training "
+                f"or held-out image's by more than {self.margin:.6g}{other}")
+
+
+def decide_rule(metric: Metric, own: np.ndarray, gap: np.ndarray, heldout: np.ndarray, *, calibrate_on: bool,
+                fpr: float, threshold: float | None, margin: float | None) -> Decision:
+    """Threshold and margin: fixed (given, or the metric's defaults), or calibrated on the held-out rows.
+
+    Calibration takes each at the smallest value that at most ``fpr`` of the held-out generations
+    exceed (threshold on their own similarity, margin on own minus nearest other); the margin never
+    drops below the metric's floor, since held-out generations drift towards training images and
+    would set it below zero, where a generic image close to many others would count. A calibrated
+    threshold speaks for a generation against its own prompt only: the similarity to the *nearest*
+    of all pool images is a maximum over many and runs higher by chance, so "a copy of another
+    image" must also clear the metric's fixed default (the paper-style absolute bar).
+    """
+    if calibrate_on:
+        cal = calibrate(own[heldout], fpr, lo=metric.lo)
+        t, t_rule = cal.threshold, cal.rule()
+    else:
+        cal = None
+        t = metric.default_threshold if threshold is None else threshold
+        t_rule = f"default for {metric.name}: {metric.what}" if threshold is None else "fixed by --threshold"
+    other = max(t, metric.default_threshold) if calibrate_on else None
+    if margin is not None:
+        return Decision(t, t_rule, margin, "none: the absolute rule" if margin == -math.inf else "fixed by --margin",
+                        cal, None, other)
+    if not calibrate_on:
+        return Decision(t, t_rule, metric.margin, f"default for {metric.name}", cal)
+    mcal = calibrate(gap[heldout], fpr)
+    m = max(metric.margin, mcal.threshold)
+    rule = (f"calibrated like the threshold on the held-out margins ({mcal.threshold:.4g}), not below the floor "
+            f"{metric.margin:g} for {metric.name}")
+    return Decision(t, t_rule, m, rule, cal, mcal, max(t, metric.default_threshold))

@@ -17,6 +17,7 @@ import numpy as np
 
 from iarmem.attack.decide import METRICS
 from iarmem.attack.figure import save_pairs
+from iarmem.attack.membership import STATISTICS, evaluate_membership
 from iarmem.attack.pipeline import TOKENS_FILE, AttackResult, Selection, decoder, describe_positions
 from iarmem.attack.select import rank_order, ranking_key
 from iarmem.attack.settings import AttackSettings
@@ -30,7 +31,7 @@ CANDIDATES_FILE = "candidates.csv"
 SUMMARY_FILE = "summary.json"
 FIGURE_FILE = "extracted.png"
 OUTPUTS = (CANDIDATES_FILE, SUMMARY_FILE, FIGURE_FILE, SCORES_FILE, TOKENS_FILE)
-SCORE_COLUMNS = ("id", "label", "top1", "gt_prob", "loss")
+SCORE_COLUMNS = ("id", "label", "top1", "gt_prob", "loss", *STATISTICS)
 MEASURES = ("tokens", "tokens_fg", "background_share", "prefix_background", "ssim", "psnr", "sscd", "features")
 GROUPS = ("planted", "ordinary", "heldout", "other")
 
@@ -91,6 +92,10 @@ def table(ds: ImageDataset, plan: Plan | None, s: AttackSettings, scores: dict[s
     at_gen = {int(i): k for k, i in enumerate(result.ids)}
     ranks = class_ranks(scores, s.score_by) if len(scores["id"]) else np.zeros(0, dtype=np.int64)
     names = [m for m in MEASURES if m in result.measures]
+    taken = set(result.extracted_ids().tolist())
+    via: dict[int, list[int]] = {}
+    for j in np.flatnonzero(result.copies_other):
+        via.setdefault(int(result.measures["other_id"][j]), []).append(int(result.ids[j]))
     rows = []
     for i, g in zip(ids.tolist(), groups):
         label = int(ds.labels[i])
@@ -110,6 +115,8 @@ def table(ds: ImageDataset, plan: Plan | None, s: AttackSettings, scores: dict[s
         row["other_similarity"] = float(result.measures["other_similarity"][j]) if j is not None else None
         other = int(result.measures["other_id"][j]) if j is not None else -1
         row["other_id"] = other if other >= 0 else None
+        row["image_extracted"] = i in taken
+        row["extracted_via"] = " ".join(str(x) for x in via.get(i, []))
         rows.append({key: _fmt(v) for key, v in row.items()})
     return rows
 
@@ -133,16 +140,19 @@ def _mean(x: np.ndarray) -> float | None:
 
 
 def by_group(plan: Plan | None, scores: dict[str, np.ndarray], result: AttackResult) -> dict[str, Any]:
-    """Per planted / ordinary / held-out / other: scored, generated, extracted, rates, mean scores."""
+    """Per planted / ordinary / held-out / other: scored, generated, extracted from their own prompt (and the
+    rate per generation), images extracted by any prompt, recall, mean scores."""
     g_scored, g_gen = group_of(plan, scores["id"]), group_of(plan, result.ids)
+    taken = result.extracted_ids()
+    g_taken = group_of(plan, taken)
     sizes = ({"planted": len(plan.planted_ids), "ordinary": len(plan.ordinary_ids),
               "heldout": len(plan.heldout_ids)} if plan is not None else {})
     out: dict[str, Any] = {}
     for g in GROUPS:
-        sc, ge = g_scored == g, g_gen == g
-        if not sc.any() and not ge.any():
+        sc, ge, tk = g_scored == g, g_gen == g, g_taken == g
+        if not sc.any() and not ge.any() and not tk.any():
             continue
-        ext = int(result.extracted[ge].sum())
+        ext, images = int(result.extracted[ge].sum()), int(tk.sum())
         out[g] = {
             "in_plan": sizes.get(g),
             "scored": int(sc.sum()),
@@ -151,7 +161,8 @@ def by_group(plan: Plan | None, scores: dict[str, np.ndarray], result: AttackRes
             "candidates": int(result.is_candidate[ge].sum()),
             "extracted": ext,
             "rate": ext / int(ge.sum()) if ge.any() else None,
-            "recall": ext / sizes[g] if sizes.get(g) else None,
+            "images_extracted": images,
+            "recall": images / sizes[g] if sizes.get(g) else None,
             "mean_similarity": _mean(result.similarity[ge]),
             "copies_other": int(result.copies_other[ge].sum()),
         }
@@ -163,16 +174,20 @@ def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, 
               world_size: int) -> dict[str, Any]:
     """summary.json: the headline, the decision rule, rates per group and class, and how it was run."""
     cand = result.is_candidate
-    n, k = int(cand.sum()), int((result.extracted & cand).sum())
     groups = by_group(plan, scores, result)
+    taken = result.extracted_ids()
+    heldout_ids = plan.heldout_ids if plan is not None else np.empty(0, dtype=np.int64)
+    leaked = np.setdiff1d(taken, heldout_ids)  # training images; a held-out one is a false positive
+    n, k = int(cand.sum()), len(leaked)
+    planted = int(np.isin(taken, plan.planted_ids).sum()) if plan is not None else None
     by_class = {}
     for c in np.unique(result.labels[cand]):
         m = cand & (result.labels == c)
         by_class[ds.classes[int(c)]] = {"candidates": int(m.sum()), "extracted": int((result.extracted & m).sum())}
     notes = []
     if result.calibration is not None:
-        notes.append("the threshold was calibrated on the held-out images, so their rate is at most the chosen "
-                     "false-positive rate by construction")
+        notes.append("threshold and margin were calibrated on the held-out images, so their rate is at most the "
+                     "chosen false-positive rate by construction")
     if plan is None:
         notes.append("no planting manifest: no ground truth, every image is in group 'other'")
     return {
@@ -181,17 +196,27 @@ def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, 
         "candidates": n,
         "extracted": k,
         "extracted_rate": k / n if n else None,
+        "extracted_ids": [int(i) for i in leaked],
+        "heldout_false_positives": int(np.isin(taken, heldout_ids).sum()),
+        "precision": planted / len(taken) if planted is not None and len(taken) else None,
         "metric": result.metric,
         "metric_description": METRICS[result.metric].what,
         "threshold": result.threshold,
-        "threshold_rule": result.threshold_rule,
+        "threshold_rule": result.decision.threshold_rule,
+        "margin": result.decision.margin if np.isfinite(result.decision.margin) else None,
+        "margin_rule": result.decision.margin_rule,
+        "other_threshold": result.decision.other_bar,
         "calibration": result.calibration.as_dict() if result.calibration is not None else None,
-        "decision": f"extracted when {result.metric} > {result.threshold:.6g}",
+        "margin_calibration": (result.decision.margin_calibration.as_dict()
+                               if result.decision.margin_calibration is not None else None),
+        "decision": result.decision.text(result.metric),
+        "pool": int(result.timing.get("pool", 0)),
         "rates": {g: groups[g]["rate"] for g in ("planted", "ordinary", "heldout") if g in groups},
         "by_group": groups,
         "by_class": by_class,
         "copies_other": {"candidates": int((result.copies_other & cand).sum()),
                          "heldout": int((result.copies_other & ~cand).sum())},
+        "membership": evaluate_membership(scores, plan),
         "scoring": {"subset": sel.subset, "scored": len(scores["id"]), "heldout_controls": len(sel.heldout),
                     "positions": describe_positions(iar, s.last), "score_by": s.score_by,
                     "selection": "explicit --ids" if s.ids is not None else
@@ -213,7 +238,10 @@ def write_figure(path: Path, iar: IAR, s: AttackSettings, result: AttackResult) 
     sims = np.nan_to_num(result.similarity[cand], nan=-np.inf)
     order = cand[np.lexsort((result.ids[cand], -sims))]
     ext = order[result.extracted[order]]
-    k, n, rule = len(ext), len(cand), f"{result.metric} > {result.threshold:.3g}"
+    m = result.decision.margin
+    rule = f"{result.metric} > {result.threshold:.3g}" + (f", margin {m:.3g} over the nearest other"
+                                                          if m > -np.inf else "")
+    k, n = len(ext), len(cand)
     if k:
         show = ext[: s.figure_pairs]
         title = f"extracted {k} of {n} candidates ({rule}); each pair: reconstruction | generation"

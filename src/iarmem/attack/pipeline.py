@@ -20,10 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from iarmem.attack import control
-from iarmem.attack.decide import Calibration, Metric, calibrate, choose_metric, copies_other, extracted
+from iarmem.attack.decide import Calibration, Decision, Metric, choose_metric, copies_other, decide_rule
 from iarmem.attack.generate import check_prefix, default_prefix, describe_prefix, generate_batch, prefix_tokens
-from iarmem.attack.scoring import describe_scored, score_tokens, scored_positions
+from iarmem.attack.membership import STATISTICS, membership_scores
+from iarmem.attack.neighbours import embedding_similarity, nearest_other, pixel_similarity, token_similarity
+from iarmem.attack.scoring import describe_scored, score_logits, scored_positions
 from iarmem.attack.select import ranking_key, select_top
 from iarmem.attack.settings import AttackSettings, load_extractors
 from iarmem.attack.similarity import Embedder, background_ids, embed, prefix_background, psnr, ssim, token_measures
@@ -83,20 +84,25 @@ def from_main(world: World, fn: Callable[[], T]) -> T:
 # ---- scoring ---------------------------------------------------------------------------------------
 def score_images(iar: IAR, ds: ImageDataset, ids: np.ndarray, *, last: int | None = None, batch_size: int = 32,
                  seed: int = 0, world: World | None = None) -> Arrays:
-    """Teacher-forced scores of the eval view of each image: id, label, top1, gt_prob, loss (id order kept)."""
+    """Teacher-forced scores of the eval view of each image (id order kept): id, label, the candidate
+    scores top1, gt_prob, loss on the scored positions, and the membership scores mia_loss, mia_cfg
+    (one conditional and one unconditional pass)."""
     world = world or World()
     ids = np.asarray(ids, dtype=np.int64)
     positions = _positions(iar, last)
 
     def one(_b: int, rows: slice) -> dict[str, np.ndarray]:
         x, y = load_views(iar, ds, ids[rows], 0, seed)
-        sc = score_tokens(iar, iar.tokenize(x), y.to(iar.device), positions)
-        return {"id": ids[rows], "label": y.numpy()} | {k: v.double().numpy() for k, v in sc.items()}
+        tokens, y = iar.tokenize(x), y.to(iar.device)
+        cond = iar.logits(tokens, y)
+        sc = score_logits(cond, tokens.ids_BL, positions)
+        sc |= membership_scores(cond, iar.logits(tokens, y, unconditional=True), tokens.ids_BL)
+        return {"id": ids[rows], "label": y.cpu().numpy()} | {k: v.double().numpy() for k, v in sc.items()}
 
     with torch.no_grad():
         out = _sharded(len(ids), batch_size, world, "score", one)
     empty = np.zeros(0)
-    return out or {"id": ids, "label": ids.copy(), "top1": empty, "gt_prob": empty, "loss": empty}
+    return out or {"id": ids, "label": ids.copy()} | {k: empty for k in ("top1", "gt_prob", "loss", *STATISTICS)}
 
 
 def _positions(iar: IAR, last: int | None) -> slice:
@@ -176,13 +182,19 @@ class AttackResult:
     gen: Tensor
     measures: dict[str, np.ndarray]
     metric: str
-    threshold: float
-    threshold_rule: str
-    calibration: Calibration | None
+    decision: Decision
     prefix: int
     prefix_tokens: int
     prefix_rule: str
     timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float:
+        return self.decision.threshold
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return self.decision.calibration
 
     @property
     def similarity(self) -> np.ndarray:
@@ -190,54 +202,72 @@ class AttackResult:
 
     @property
     def extracted(self) -> np.ndarray:
+        """Per generation: a copy of its own prompt image (prompt-specific: closer to it than to any other)."""
         return self.measures["extracted"].astype(bool)
 
     @property
     def copies_other(self) -> np.ndarray:
+        """Per generation: a copy of another image of the pool (``other_id``), not of its prompt."""
         return self.measures["copies_other"].astype(bool)
+
+    def extracted_ids(self) -> np.ndarray:
+        """Every image judged extracted, by its own prompt or by another prompt's generation (sorted)."""
+        own = self.ids[self.extracted]
+        other = self.measures["other_id"][self.copies_other].astype(np.int64)
+        return np.union1d(own, other[other >= 0])
 
     def summary(self) -> dict[str, Any]:
         """The headline: extracted candidates by the decision rule."""
         cand = self.is_candidate
         return {"candidates": int(cand.sum()), "extracted": int((self.extracted & cand).sum()),
-                "metric": self.metric, "threshold": self.threshold, "threshold_rule": self.threshold_rule}
+                "metric": self.metric, "threshold": self.threshold, "margin": self.decision.margin,
+                "threshold_rule": self.decision.threshold_rule}
 
 
-def _threshold(metric: Metric, s: AttackSettings, sims: np.ndarray,
-               heldout: np.ndarray) -> tuple[float, str, Calibration | None]:
-    if s.calibrate:
-        cal = calibrate(sims[heldout], s.fpr, lo=metric.lo)
-        return cal.threshold, cal.rule(), cal
-    if s.threshold is not None:
-        return s.threshold, "fixed by --threshold", None
-    return metric.default_threshold, f"default for {metric.name}: {metric.what}", None
+def nearest_in_pool(iar: IAR, ds: ImageDataset, metric: str, ids: np.ndarray, gen: Tensor, start: int,
+                    pool: np.ndarray, pix: Arrays, extractors: dict[str, Embedder], s: AttackSettings,
+                    world: World) -> tuple[np.ndarray, np.ndarray]:
+    """For each generation, the most similar pool image other than its prompt, in the decision's measure:
+    tokens (after the prefix), SSIM / PSNR of decodings, or the extractor's cosine. Pool images are
+    compared as generations are, through the tokenizer's reconstruction of their eval view."""
+    def tokens_of(pool_ids: np.ndarray) -> Tensor:
+        x, _ = load_views(iar, ds, pool_ids, 0, s.seed)
+        return iar.tokenize(x).ids_BL.cpu()
+
+    decode01 = decoder(iar, on_device=True)
+    if metric == "tokens":
+        load, sim = tokens_of, token_similarity(gen, start)
+    elif metric in ("ssim", "psnr"):
+        gen_img = torch.cat([decode01(gen[b:b + s.batch_size]) for b in range(0, len(gen), s.batch_size)])
+        load = lambda pool_ids: decode01(tokens_of(pool_ids))  # noqa: E731
+        sim = pixel_similarity(gen_img, ssim if metric == "ssim" else psnr)
+    else:
+        ext = extractors[metric]
+        dev = getattr(ext, "device", iar.device)
+        load = lambda pool_ids: embed(ext, decode01(tokens_of(pool_ids)).to(dev))  # noqa: E731
+        sim = embedding_similarity(torch.from_numpy(pix[f"emb_gen:{metric}"]))
+    return nearest_other(ids, pool, load, sim, chunk=max(s.batch_size, 64), world=world)
 
 
 def _decide(iar: IAR, s: AttackSettings, metric: Metric, ids: np.ndarray, labels: np.ndarray,
             is_candidate: np.ndarray, heldout: np.ndarray, gt: Tensor, gen: Tensor, prefix: int,
-            pix: Arrays) -> AttackResult:
-    """Token measures, threshold, decisions and the class-only control (rank 0)."""
+            pix: Arrays, nearest: tuple[np.ndarray, np.ndarray]) -> AttackResult:
+    """Token measures, threshold and margin, the prompt-specific decisions (rank 0)."""
     start = prefix_tokens(iar, prefix)
     bg = background_ids(gt, Tokens(gt[:1].long(), iar.grids).begin_ends) if len(gt) else torch.zeros(iar.seq_len)
     measures = {k: v.double().numpy() for k, v in token_measures(gen, gt, start, bg).items()}
     measures["prefix_background"] = prefix_background(gt, start, bg).double().numpy()
     measures |= {k: v for k, v in pix.items() if not k.startswith("emb_")}
-    sims = measures[metric.name]
-    threshold, rule, cal = _threshold(metric, s, sims, heldout)
-    measures["extracted"] = extracted(sims, threshold)
-    if metric.name == "tokens":
-        fn = control.token_sim_fn(gen, gt, start)
-    elif metric.name in ("ssim", "psnr"):
-        fn = control.pixel_sim_fn(metric.name, decoder(iar, on_device=True), gen, gt, s.batch_size,
-                                  (3, iar.image_size, iar.image_size))
-    else:
-        fn = control.feature_sim_fn(torch.from_numpy(pix[f"emb_gen:{metric.name}"]),
-                                    torch.from_numpy(pix[f"emb_rec:{metric.name}"]))
-    other, other_id = control.best_other(fn, ids, labels, is_candidate)
+    own = measures[metric.name]
+    other, other_id = nearest
     measures["other_similarity"], measures["other_id"] = other, other_id
-    measures["copies_other"] = copies_other(sims, other, threshold)
-    return AttackResult(ids, labels, is_candidate, gt, gen, measures, metric.name, threshold, rule, cal, prefix,
-                        start, describe_prefix(iar, prefix, s.prefix is None))
+    gap = own - other
+    decision = decide_rule(metric, own, gap, heldout, calibrate_on=s.calibrates(int(heldout.sum())), fpr=s.fpr,
+                           threshold=s.threshold, margin=s.margin)
+    measures["extracted"] = copies_other(other, own, decision.threshold, decision.margin)
+    measures["copies_other"] = copies_other(own, other, decision.other_bar, decision.margin)
+    return AttackResult(ids, labels, is_candidate, gt, gen, measures, metric.name, decision, prefix, start,
+                        describe_prefix(iar, prefix, s.prefix is None))
 
 
 def _cached_tokens(path: Path | None, ids: np.ndarray, prefix: int, seq_len: int) -> tuple[Tensor, Tensor] | None:
@@ -259,13 +289,15 @@ def _save_tokens(path: Path, ids: np.ndarray, prefix: int, gt: Tensor, gen: Tens
 
 def attack_ids(iar: IAR, ds: ImageDataset, ids: Sequence[int] | np.ndarray, labels: Sequence[int] | None = None,
                settings: AttackSettings | None = None, *, heldout: Sequence[int] | np.ndarray = (),
-               extractors: dict[str, Embedder] | None = None, world: World | None = None,
-               token_cache: Path | None = None, reuse_tokens: bool = False) -> AttackResult:
+               pool: Sequence[int] | np.ndarray | None = None, extractors: dict[str, Embedder] | None = None,
+               world: World | None = None, token_cache: Path | None = None,
+               reuse_tokens: bool = False) -> AttackResult:
     """Generate from the prefixes of ``ids`` (+ held-out controls) and judge each: the attack without selection.
 
     ``labels`` override the class a candidate is prompted with (default: its dataset label).
-    ``heldout`` images are generated and judged too (never candidates) and calibrate the threshold
-    when ``settings.calibrate``. The mitigation sweep calls this on edited models in memory.
+    ``heldout`` images are generated and judged too (never candidates) and calibrate threshold and
+    margin (``settings.calibrates``). ``pool``: the images a generation is compared with to find the
+    nearest other (default: ids + held-out). The mitigation sweep calls this on edited models in memory.
     ``token_cache``: where rank 0 saves the generated tokens; with ``reuse_tokens`` a cache that
     holds the same ids and prefix is read instead of generating again.
     """
@@ -303,9 +335,12 @@ def attack_ids(iar: IAR, ds: ImageDataset, ids: Sequence[int] | np.ndarray, labe
             log(f"reusing the generations in {token_cache}")
     t1 = time.monotonic()
     pix = measure_pixels(iar, gt, gen, extractors, s.batch_size, world)
+    pool_ids = all_ids if pool is None else np.union1d(np.asarray(pool, dtype=np.int64), all_ids)
+    nearest = nearest_in_pool(iar, ds, metric.name, all_ids, gen, prefix_tokens(iar, prefix), pool_ids, pix,
+                              extractors, s, world)
     result = from_main(world, lambda: _decide(iar, s, metric, all_ids, lab, is_candidate, is_heldout, gt, gen,
-                                              prefix, pix))
-    result.timing = {"generation_s": t1 - t0, "decision_s": time.monotonic() - t1}
+                                              prefix, pix, nearest))
+    result.timing = {"generation_s": t1 - t0, "decision_s": time.monotonic() - t1, "pool": len(pool_ids)}
     return result
 
 
@@ -351,8 +386,8 @@ def image_pool(ds: ImageDataset, plan: Plan | None, s: AttackSettings) -> Select
         pool = select_ids(ds, plan, subset, fraction=s.fraction, per_class=s.per_class_subset, seed=s.seed)
     pool = np.setdiff1d(pool, heldout)
     if s.calibrate and len(heldout) == 0:
-        raise UserError("--calibrate needs held-out images (a model folder with a planting manifest); "
-                        "pass --threshold instead")
+        raise UserError("--calibrate needs held-out images to calibrate on (a model folder with a planting "
+                        "manifest); pass --threshold instead")
     if len(pool) == 0:
         raise UserError(f"no images to attack: subset {subset!r} holds only held-out images or none at all")
     return Selection(pool, heldout, subset)
@@ -399,8 +434,8 @@ def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSe
     candidates = from_main(world, lambda: choose_candidates(scores, sel, s))
     if world.is_main:
         log(f"generating {len(candidates)} candidates + {len(sel.heldout)} held-out controls")
-    result = attack_ids(iar, ds, candidates, None, s, heldout=sel.heldout, extractors=extractors, world=world,
-                        token_cache=out / TOKENS_FILE if out is not None else None, reuse_tokens=resume)
+    result = attack_ids(iar, ds, candidates, None, s, heldout=sel.heldout, pool=sel.scored, extractors=extractors,
+                        world=world, token_cache=out / TOKENS_FILE if out is not None else None, reuse_tokens=resume)
     result.timing = {"scoring_s": t_score, **result.timing, "total_s": time.monotonic() - t0}
     summary = from_main(world, lambda: outputs.summarize(iar, ds, plan, s, sel, scores, result, source,
                                                          world.size))

@@ -47,8 +47,13 @@ def describe_scored(iar: IAR, positions: slice) -> str:
 @torch.no_grad()
 def score_tokens(iar: IAR, tokens: Tokens, labels: Tensor, positions: slice) -> dict[str, Tensor]:
     """Per image: top-1 accuracy, mean ground-truth probability and mean loss over ``positions``."""
-    logits_BLV = iar.logits(tokens, labels)[:, positions].float()
-    target_BL = tokens.ids_BL[:, positions]
+    return score_logits(iar.logits(tokens, labels), tokens.ids_BL, positions)
+
+
+def score_logits(logits_BLV: Tensor, ids_BL: Tensor, positions: slice) -> dict[str, Tensor]:
+    """:func:`score_tokens` from teacher-forced logits already computed."""
+    logits_BLV = logits_BLV[:, positions].float()
+    target_BL = ids_BL[:, positions].to(logits_BLV.device)
     logp_BLV = F.log_softmax(logits_BLV, dim=-1)
     gt_logp_BL = logp_BLV.gather(-1, target_BL.unsqueeze(-1)).squeeze(-1)
     return {
@@ -56,3 +61,9 @@ def score_tokens(iar: IAR, tokens: Tokens, labels: Tensor, positions: slice) -> 
         "gt_prob": gt_logp_BL.exp().mean(1).cpu(),
         "loss": (-gt_logp_BL).mean(1).cpu(),
     }
+
+
+def gt_logprob(logits_BLV: Tensor, ids_BL: Tensor) -> Tensor:
+    """[B, L] log-probability of every ground-truth token (float32)."""
+    logp_BLV = F.log_softmax(logits_BLV.float(), dim=-1)
+    return logp_BLV.gather(-1, ids_BL.to(logp_BLV.device).unsqueeze(-1)).squeeze(-1)

@@ -32,8 +32,9 @@ class AttackSettings:
     prefix: int | None = None  # generation steps copied from the ground truth (default: see generate.py)
     logit_noise: float = 0.0  # std of the Gaussian logit noise (defense baseline)
     metric: str | None = None  # decision metric (default: sscd, else features, else tokens)
-    threshold: float | None = None  # fixed threshold (default: the metric's)
-    calibrate: bool = False  # threshold from the held-out images instead
+    threshold: float | None = None  # fixed threshold (default: calibrated on held-out images, else the metric's)
+    margin: float | None = None  # fixed margin over the nearest other image (-inf: none, the absolute rule)
+    calibrate: bool | None = None  # threshold and margin from the held-out images (None: when there are any)
     fpr: float = 0.01  # calibration: allowed fraction of held-out images counted as extracted
     sscd: str | None = None  # SSCD TorchScript file
     features: str | None = None  # TorchScript feature extractor, or "trained:PATH"
@@ -74,6 +75,8 @@ class AttackSettings:
             if self.calibrate:
                 raise UserError("give --threshold or --calibrate, not both")
             check_threshold(METRICS[self.metric or self.default_metric()], self.threshold)
+        if self.margin is not None and (math.isnan(self.margin) or self.margin == math.inf):
+            raise UserError(f"--margin must be a number (or 'none' for no margin), got {self.margin}")
         if not 0 < self.fpr < 1:
             raise UserError(f"--fpr must lie in (0, 1), got {self.fpr}")
         if self.features_size < 1:
@@ -86,6 +89,11 @@ class AttackSettings:
             if path is not None and not Path(path).is_file():
                 raise UserError(f"{flag} file not found: {path} (check the path)")
         return self
+
+    def calibrates(self, heldout: int) -> bool:
+        """Whether threshold and margin are calibrated: as asked, else whenever there are held-out images
+        and no --threshold."""
+        return self.calibrate if self.calibrate is not None else (heldout > 0 and self.threshold is None)
 
     def default_metric(self) -> str:
         return "sscd" if self.sscd else "features" if self.features else DEFAULT_BUILTIN

@@ -6,9 +6,13 @@
 
 Scores every image of --subset with one teacher-forced pass, takes the top --top per class,
 prompts the model with each candidate's label and ground-truth prefix, decodes greedily and
-compares the generation with the tokenizer's reconstruction of the image. Held-out images of a
-planted model are generated too, as the control. Writes candidates.csv (one row per scored
-image), summary.json (extracted counts and planted / ordinary / held-out rates) and
+compares the generation with the tokenizer's reconstruction of the image and with every other
+scored image. A generation extracts its prompt image when it is close to it (above the threshold)
+and closer to it than to any other training or held-out image by the margin; a generation closer to
+another image by the margin extracts that image. Held-out images of a planted model are generated
+too: they calibrate threshold and margin (at --fpr) and count the false positives. The same pass
+gives membership-inference scores (loss and guidance difference) with AUC against the held-out
+images. Writes candidates.csv (one row per scored image), scores.csv, summary.json and
 extracted.png. Runs sharded under `torchrun --nproc_per_node N -m iarmem extract ...`.
 """
 
@@ -29,6 +33,15 @@ from iarmem.models.loading import is_model_folder, open_model
 from iarmem.plans import MANIFEST, SUBSETS, model_plan, parse_ids
 from iarmem.progress import log
 from iarmem.runs import Run, start_run
+
+
+def _margin(text: str) -> float:
+    if text.strip().lower() == "none":
+        return float("-inf")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--margin takes a number or 'none', got {text!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,10 +76,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metric", choices=list(METRICS),
                    help="decision similarity: default sscd with --sscd, else features with --features, else tokens "
                         "(token agreement after the prefix)")
-    g.add_argument("--threshold", type=float, help="extracted when the similarity exceeds this (default: sscd / "
-                   "features / ssim 0.75, tokens 0.9, psnr 20 dB)")
-    g.add_argument("--calibrate", action="store_true",
-                   help="choose the threshold on the held-out images: the smallest at which at most --fpr count")
+    g.add_argument("--threshold", type=float, help="extracted when the similarity exceeds this (default: calibrated "
+                   "on held-out images; without them sscd / features / ssim 0.75, tokens 0.9, psnr 20 dB)")
+    g.add_argument("--margin", type=_margin, help="how much closer to its prompt than to the nearest other image a "
+                   "generation must be ('none': the absolute rule of the paper; default: calibrated, not below 0.1, "
+                   "psnr 2 dB)")
+    cal = g.add_mutually_exclusive_group()
+    cal.add_argument("--calibrate", dest="calibrate", action="store_true", default=None,
+                     help="choose threshold and margin on the held-out images: the smallest at which at most --fpr "
+                          "count (the default whenever there are held-out images and no --threshold)")
+    cal.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                     help="use the metric's fixed defaults even when there are held-out images")
     g.add_argument("--fpr", type=float, default=0.01, help="calibration false-positive rate (default 0.01)")
     g.add_argument("--sscd", help="SSCD copy-detection TorchScript file (the paper's measure)")
     g.add_argument("--features", help="a TorchScript feature extractor FILE (input side --features-size), "
@@ -86,7 +106,8 @@ def settings_from(args: argparse.Namespace, num_images: int) -> AttackSettings:
     return AttackSettings(
         subset=args.subset, fraction=args.fraction, per_class_subset=args.per_class_subset, ids=ids, top=args.top,
         per_class=args.per_class, score_by=args.score, last=args.last, prefix=args.prefix,
-        logit_noise=args.logit_noise, metric=args.metric, threshold=args.threshold, calibrate=args.calibrate,
+        logit_noise=args.logit_noise, metric=args.metric, threshold=args.threshold, margin=args.margin,
+        calibrate=args.calibrate,
         fpr=args.fpr, sscd=args.sscd, features=args.features, features_size=args.features_size,
         batch_size=args.batch_size, seed=args.seed, figure_pairs=args.figure_pairs,
     ).validate()
@@ -98,18 +119,27 @@ def _pct(k: int, n: int) -> str:
 
 def end_summary(s: dict[str, Any], model: str, out: str) -> str:
     """The one paragraph a person reads at the end of the run."""
-    text = (f"Extraction attack on {model}: {s['extracted']} of {s['candidates']} candidates extracted "
-            f"({s['decision']}; threshold {s['threshold_rule']}).")
+    text = (f"Extraction attack on {model}: {s['extracted']} training images extracted from {s['candidates']} "
+            f"candidates ({s['decision']}; threshold {s['threshold_rule']}; margin {s['margin_rule']}).")
+    if s.get("precision") is not None:
+        text += (f" Precision (planted among everything called extracted) {s['precision']:.0%}; held-out false "
+                 f"positives {s['heldout_false_positives']}.")
     groups = s["by_group"]
     parts = [f"{name} {_pct(groups[g]['extracted'], groups[g]['generated'])}"
              for g, name in (("planted", "planted"), ("ordinary", "ordinary"), ("heldout", "held-out"))
              if g in groups and groups[g]["generated"]]
     if parts:
-        text += " Generated and extracted: " + ", ".join(parts) + "."
+        text += " Extracted by their own prompt: " + ", ".join(parts) + "."
     cop = s["copies_other"]
     if cop["candidates"] or cop["heldout"]:
-        text += (f" {cop['candidates']} candidate and {cop['heldout']} held-out generations copy another "
-                 f"training image of their class (class-only conditioning; see copies_other).")
+        text += (f" {cop['candidates']} candidate and {cop['heldout']} held-out generations copy another image "
+                 f"of the pool, counted as that image's extraction (extracted_via in candidates.csv).")
+    mia = s.get("membership")
+    if mia:
+        parts = [f"{stat} AUC {mia[stat]['members']['auc']:.3f} (TPR {mia[stat]['members']['tpr']:.0%} at FPR "
+                 f"<= {mia['fpr']:.0%})" for stat in ("mia_loss", "mia_cfg") if "members" in mia.get(stat, {})]
+        if parts:
+            text += f" Membership inference, training images vs {mia['heldout']} held-out: " + "; ".join(parts) + "."
     text += f" Prefix: {s['prefix']['rule']}. Results in {out}: candidates.csv, summary.json, extracted.png."
     return text
 
@@ -147,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
                              extractors=extractors, resume=run_.resumed)
         if world.is_main:
             run_.finish(list(OUTPUTS), {k: summary[k] for k in ("candidates", "extracted", "metric", "threshold",
-                                                                "rates")})
+                                                                "rates", "membership")})
             print(end_summary(summary, args.model, args.out))
         barrier(world)
         return 0

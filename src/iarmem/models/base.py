@@ -176,11 +176,13 @@ class IAR(nn.Module, abc.ABC):
         """Decode tokens into images in the native pixel range."""
 
     @abc.abstractmethod
-    def logits(self, tokens: Tokens, labels: Tensor) -> Tensor:
+    def logits(self, tokens: Tokens, labels: Tensor, *, unconditional: bool = False) -> Tensor:
         """Teacher-forced, conditional logits [B, L, V]; ``logits[:, i]`` predicts ``ids_BL[:, i]``.
 
         Label dropout (and RAR's random order) happen only in ``training_loss``; this pass is
-        deterministic in both train and eval mode.
+        deterministic in both train and eval mode. With ``unconditional`` the class is replaced by
+        the family's "no class" id (the unconditional branch of classifier-free guidance); ``labels``
+        still give the batch size and must be valid.
         """
 
     @abc.abstractmethod

@@ -189,8 +189,10 @@ class LlamaGenFamily(IAR):
         ids = tokens.ids_BL.to(self.tokenizer.quant_conv.weight.device)
         return self.tokenizer.decode_code(ids.view(-1, h, w))
 
-    def logits(self, tokens: Tokens, labels: Tensor) -> Tensor:
+    def logits(self, tokens: Tokens, labels: Tensor, *, unconditional: bool = False) -> Tensor:
         self.check_labels(labels)
+        if unconditional:
+            labels = torch.full_like(labels, self.num_classes)
         ids_BL = tokens.ids_BL.to(self.device)
         return self.model(ids_BL[:, :-1], labels.to(self.device), train=False)
 

@@ -264,14 +264,17 @@ class RARFamily(IAR):
     def decode(self, tokens: Tokens) -> Tensor:
         return self.tokenizer.decode(self._ids(tokens), self._grid)
 
-    def official_logits(self, tokens: Tensor | Tokens, labels: Tensor) -> Tensor:
+    def official_logits(self, tokens: Tensor | Tokens, labels: Tensor, *, unconditional: bool = False) -> Tensor:
         """[B, L+1, V] teacher-forced logits as the official forward returns them (last row: no target)."""
         ids_BL, labels_B = self._ids(tokens), self._labels(labels)
+        cond_B = self.model.condition_ids(labels_B)
+        if unconditional:
+            cond_B = torch.full_like(cond_B, self.cfg.none_condition_id)
         with eval_mode(self.model):
-            return self.model(ids_BL, self.model.condition_ids(labels_B))
+            return self.model(ids_BL, cond_B)
 
-    def logits(self, tokens: Tensor | Tokens, labels: Tensor) -> Tensor:
-        return self.official_logits(tokens, labels)[:, : self.seq_len]
+    def logits(self, tokens: Tensor | Tokens, labels: Tensor, *, unconditional: bool = False) -> Tensor:
+        return self.official_logits(tokens, labels, unconditional=unconditional)[:, : self.seq_len]
 
     def training_loss(
         self, tokens: Tensor | Tokens, labels: Tensor, generator: torch.Generator | None = None

@@ -121,7 +121,10 @@ class VARFamily(IAR):
         x_BLCv = self.tokenizer.quantize.idxBl_to_var_input(tokens.per_scale())
         return self.model(labels, x_BLCv)
 
-    def logits(self, tokens: Tokens, labels: Tensor) -> Tensor:
+    def logits(self, tokens: Tokens, labels: Tensor, *, unconditional: bool = False) -> Tensor:
+        self.check_labels(labels)
+        if unconditional:
+            labels = torch.full_like(labels, self.num_classes)
         return self._teacher_forced(self._as_tokens(tokens), labels)
 
     def training_loss(self, tokens: Tokens | Tensor, labels: Tensor,
