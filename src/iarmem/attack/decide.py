@@ -184,3 +184,23 @@ def decide_rule(metric: Metric, own: np.ndarray, gap: np.ndarray, heldout: np.nd
     rule = (f"calibrated like the threshold on the held-out margins ({mcal.threshold:.4g}), not below the floor "
             f"{metric.margin:g} for {metric.name}")
     return Decision(t, t_rule, m, rule, cal, mcal, max(t, metric.default_threshold))
+
+
+def left_out_passes(metric: Metric, own: np.ndarray, gap: np.ndarray, heldout: np.ndarray, fpr: float) -> np.ndarray:
+    """Per held-out row: would it count as extracted (from its own prompt) had it not helped calibrate?
+
+    Calibration makes the held-out rate at most ``fpr`` by construction; leaving each held-out image
+    out in turn, recalibrating on the others and judging it gives an honest false-positive estimate
+    for an image the model never saw, and for the strong attack the chance that one of its many
+    tries lets such an image through.
+    """
+    rows = np.flatnonzero(heldout)
+    out = np.zeros(len(rows), dtype=bool)
+    if len(rows) < 2:
+        return out
+    for k, r in enumerate(rows):
+        rest = heldout.copy()
+        rest[r] = False
+        d = decide_rule(metric, own, gap, rest, calibrate_on=True, fpr=fpr, threshold=None, margin=None)
+        out[k] = bool(copies_other(own[r:r + 1] - gap[r:r + 1], own[r:r + 1], d.threshold, d.margin)[0])
+    return out

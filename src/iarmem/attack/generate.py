@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -77,18 +78,40 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return int.from_bytes(hashlib.blake2b(packed, digest_size=8, person=b"iarmem-noise").digest(), "little") >> 1
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How tokens are chosen: the paper's greedy conditional decoding by default; sampled (temperature,
+    top-k, a seed of its own) and classifier-free guidance are the strong attack's other tries."""
+
+    greedy: bool = True
+    cfg: float | None = None
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+    def describe(self) -> str:
+        how = "greedy" if self.greedy else f"sampled (T={self.temperature:g}, top-k {self.top_k or 'all'}, " \
+                                            f"seed {self.seed})"
+        return how + ("" if self.cfg is None else f", guidance {self.cfg:g}")
+
+
+GREEDY = Decoding()
+
+
 @torch.no_grad()
 def generate_batch(iar: IAR, gt: Tokens, labels: Tensor, prefix: int, *, logit_noise: float = 0.0,
-                   seed: int = 0, batch_index: int = 0) -> Tokens:
-    """Greedy, conditional-only (cfg=None), KV-cached generation from the first ``prefix`` steps of ``gt``.
+                   seed: int = 0, batch_index: int = 0, decoding: Decoding = GREEDY) -> Tokens:
+    """KV-cached generation from the first ``prefix`` steps of ``gt`` (default: greedy, conditional only).
 
-    ``logit_noise`` > 0 adds N(0, std^2) to the logits before the argmax (the defense baseline),
-    drawn from a generator seeded by (seed, batch index).
+    ``logit_noise`` > 0 adds N(0, std^2) to the logits before the token choice (the defense
+    baseline). Noise and sampling draw from a generator seeded by (seed + decoding seed, batch
+    index), so shards and reruns agree.
     """
     gen = None
-    if logit_noise > 0:
-        gen = torch.Generator(device=iar.device).manual_seed(batch_seed(seed, batch_index))
-    out = iar.generate(labels.to(iar.device), prefix=gt.to(iar.device), prefix_len=prefix, greedy=True, cfg=None,
+    if logit_noise > 0 or not decoding.greedy:
+        gen = torch.Generator(device=iar.device).manual_seed(batch_seed(seed + decoding.seed, batch_index))
+    out = iar.generate(labels.to(iar.device), prefix=gt.to(iar.device), prefix_len=prefix, greedy=decoding.greedy,
+                       cfg=decoding.cfg, temperature=decoding.temperature, top_k=decoding.top_k,
                        logit_noise=logit_noise, generator=gen, use_cache=True)
     assert isinstance(out, Tokens)
     return out

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from iarmem.attack.decide import METRICS
+from iarmem.attack.decide import METRICS, left_out_passes
 from iarmem.attack.figure import save_pairs
 from iarmem.attack.membership import STATISTICS, evaluate_membership
 from iarmem.attack.pipeline import TOKENS_FILE, AttackResult, Selection, decoder, describe_positions
 from iarmem.attack.select import rank_order, ranking_key
 from iarmem.attack.settings import AttackSettings
+from iarmem.attack.strong import StrongResult
 from iarmem.data import ImageDataset, Plan
 from iarmem.fileio import write_json, write_text
 from iarmem.models.base import IAR
@@ -30,6 +31,7 @@ SCORES_FILE = "scores.csv"
 CANDIDATES_FILE = "candidates.csv"
 SUMMARY_FILE = "summary.json"
 FIGURE_FILE = "extracted.png"
+STRONG_FILE = "strong.csv"
 OUTPUTS = (CANDIDATES_FILE, SUMMARY_FILE, FIGURE_FILE, SCORES_FILE, TOKENS_FILE)
 SCORE_COLUMNS = ("id", "label", "top1", "gt_prob", "loss", *STATISTICS)
 MEASURES = ("tokens", "tokens_fg", "background_share", "prefix_background", "ssim", "psnr", "sscd", "features")
@@ -169,9 +171,58 @@ def by_group(plan: Plan | None, scores: dict[str, np.ndarray], result: AttackRes
     return out
 
 
+def _left_out(result: AttackResult) -> int | None:
+    """Held-out controls that would count as extracted had they been left out of the calibration."""
+    if result.calibration is None or result.decision.margin_calibration is None:
+        return None
+    own, held = result.similarity, ~result.is_candidate
+    gap = own - result.measures["other_similarity"]
+    return int(left_out_passes(METRICS[result.metric], own, gap, held, result.calibration.fpr).sum())
+
+
+def strong_summary(iar: IAR, plan: Plan | None, result: AttackResult, strong: StrongResult) -> dict[str, Any]:
+    """What the strong attack adds: images per group, those the default missed, per-try counts."""
+    taken = strong.extracted_ids
+    default = result.extracted_ids()
+    heldout_ids = plan.heldout_ids if plan is not None else np.empty(0, dtype=np.int64)
+    groups = group_of(plan, taken)
+    kinds = [strong.tries[strong.weakest[int(i)]].kind for i in taken]
+    return {
+        "tries": len(strong.tries),
+        "extracted": int(len(np.setdiff1d(taken, heldout_ids))),
+        "extracted_ids": [int(i) for i in np.setdiff1d(taken, heldout_ids)],
+        "by_group": {g: int(np.sum(groups == g)) for g in GROUPS if np.any(groups == g)},
+        "heldout_false_positives": int(np.isin(taken, heldout_ids).sum()),
+        "heldout_left_out_false_positives": int(strong.left_out.sum()) if strong.left_out is not None else None,
+        "beyond_default": [int(i) for i in np.setdiff1d(taken, default)],
+        "default_not_found": [int(i) for i in np.setdiff1d(default, taken)],
+        "weakest_kind": {k: kinds.count(k) for k in dict.fromkeys(kinds)},
+        "per_try": strong.per_try,
+        "timing": {k: round(v, 3) for k, v in strong.timing.items()},
+    }
+
+
+def strong_table(ds: ImageDataset, plan: Plan | None, iar: IAR, result: AttackResult,
+                 strong: StrongResult) -> list[dict[str, str]]:
+    """strong.csv: every target, held-out control and image some try extracted, with its weakest try."""
+    default = set(result.extracted_ids().tolist())
+    ids = np.union1d(strong.ids, strong.extracted_ids)
+    rows = []
+    for i, g in zip(ids.tolist(), group_of(plan, ids)):
+        k = strong.weakest.get(i)
+        t = strong.tries[k] if k is not None else None
+        rows.append({key: _fmt(v) for key, v in {
+            "id": i, "class": ds.classes[int(ds.labels[i])], "group": g,
+            "target": bool(np.isin(i, strong.ids[~strong.is_heldout])), "default_extracted": i in default,
+            "strong_extracted": k is not None, "weakest_try": t.describe(iar) if t else None,
+            "kind": t.kind if t else None, "prefix": t.prefix if t else None,
+            "via_prompt": strong.via.get(i), "similarity": strong.similarity.get(i)}.items()})
+    return rows
+
+
 def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, sel: Selection,
               scores: dict[str, np.ndarray], result: AttackResult, source: dict[str, Any] | None,
-              world_size: int) -> dict[str, Any]:
+              world_size: int, strong: StrongResult | None = None) -> dict[str, Any]:
     """summary.json: the headline, the decision rule, rates per group and class, and how it was run."""
     cand = result.is_candidate
     groups = by_group(plan, scores, result)
@@ -198,6 +249,7 @@ def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, 
         "extracted_rate": k / n if n else None,
         "extracted_ids": [int(i) for i in leaked],
         "heldout_false_positives": int(np.isin(taken, heldout_ids).sum()),
+        "heldout_left_out_false_positives": _left_out(result),
         "precision": planted / len(taken) if planted is not None and len(taken) else None,
         "metric": result.metric,
         "metric_description": METRICS[result.metric].what,
@@ -217,6 +269,7 @@ def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, 
         "copies_other": {"candidates": int((result.copies_other & cand).sum()),
                          "heldout": int((result.copies_other & ~cand).sum())},
         "membership": evaluate_membership(scores, plan),
+        "strong": strong_summary(iar, plan, result, strong) if strong is not None else None,
         "scoring": {"subset": sel.subset, "scored": len(scores["id"]), "heldout_controls": len(sel.heldout),
                     "positions": describe_positions(iar, s.last), "score_by": s.score_by,
                     "selection": "explicit --ids" if s.ids is not None else
@@ -255,7 +308,10 @@ def write_figure(path: Path, iar: IAR, s: AttackSettings, result: AttackResult) 
 
 
 def write_all(out: Path, iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings,
-              scores: dict[str, np.ndarray], result: AttackResult, summary: dict[str, Any]) -> None:
+              scores: dict[str, np.ndarray], result: AttackResult, summary: dict[str, Any],
+              strong: StrongResult | None = None) -> None:
     write_csv(out / CANDIDATES_FILE, table(ds, plan, s, scores, result))
+    if strong is not None:
+        write_csv(out / STRONG_FILE, strong_table(ds, plan, iar, result, strong))
     write_figure(out / FIGURE_FILE, iar, s, result)
     write_json(out / SUMMARY_FILE, summary)

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from iarmem.attack.decide import Calibration, Decision, Metric, choose_metric, copies_other, decide_rule
+from iarmem.attack.decide import METRICS, Calibration, Decision, Metric, choose_metric, copies_other, decide_rule
 from iarmem.attack.generate import check_prefix, default_prefix, describe_prefix, generate_batch, prefix_tokens
 from iarmem.attack.membership import STATISTICS, membership_scores
 from iarmem.attack.neighbours import embedding_similarity, nearest_other, pixel_similarity, token_similarity
@@ -28,6 +28,7 @@ from iarmem.attack.scoring import describe_scored, score_logits, scored_position
 from iarmem.attack.select import ranking_key, select_top
 from iarmem.attack.settings import AttackSettings, load_extractors
 from iarmem.attack.similarity import Embedder, background_ids, embed, prefix_background, psnr, ssim, token_measures
+from iarmem.attack.strong import run_strong
 from iarmem.data import ImageDataset, Plan
 from iarmem.distributed import World, all_gather_object
 from iarmem.errors import UserError
@@ -437,8 +438,14 @@ def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSe
     result = attack_ids(iar, ds, candidates, None, s, heldout=sel.heldout, pool=sel.scored, extractors=extractors,
                         world=world, token_cache=out / TOKENS_FILE if out is not None else None, reuse_tokens=resume)
     result.timing = {"scoring_s": t_score, **result.timing, "total_s": time.monotonic() - t0}
+    strong = None
+    if s.strength == "strong":
+        if world.is_main:
+            log(f"strong attack on {int(result.is_candidate.sum())} targets + {len(sel.heldout)} held-out controls")
+        strong = run_strong(iar, ds, result.ids, result.labels, ~result.is_candidate, result.gt, sel.scored,
+                            METRICS[result.metric], result.prefix, s, extractors, world)
     summary = from_main(world, lambda: outputs.summarize(iar, ds, plan, s, sel, scores, result, source,
-                                                         world.size))
+                                                         world.size, strong))
     if out is not None and world.is_main:
-        outputs.write_all(out, iar, ds, plan, s, scores, result, summary)
+        outputs.write_all(out, iar, ds, plan, s, scores, result, summary, strong)
     return summary

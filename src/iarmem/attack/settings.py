@@ -16,6 +16,8 @@ from iarmem.attack.similarity import Embedder
 from iarmem.errors import UserError
 from iarmem.plans import SUBSETS
 
+STRENGTHS = ("default", "strong")
+
 
 @dataclass(frozen=True)
 class AttackSettings:
@@ -42,6 +44,8 @@ class AttackSettings:
     batch_size: int = 32
     seed: int = 0
     figure_pairs: int = 32  # pairs shown in extracted.png
+    strength: str = "default"  # "strong": also every prefix, decoding, guidance and a trigger search (strong.py)
+    trigger_steps: int = 30  # Adam steps of the strong attack's trigger search
 
     def validate(self) -> AttackSettings:
         """Raise a one-line UserError for any option outside its range."""
@@ -83,6 +87,10 @@ class AttackSettings:
             raise UserError(f"--features-size must be >= 1, got {self.features_size}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.strength not in STRENGTHS:
+            raise UserError(f"unknown --strength {self.strength!r}; choose one of {', '.join(STRENGTHS)}")
+        if self.trigger_steps < 1:
+            raise UserError(f"--trigger-steps must be >= 1, got {self.trigger_steps}")
         if self.figure_pairs < 1:
             raise UserError(f"--figure-pairs must be >= 1 (pairs shown in the figure), got {self.figure_pairs}")
         for flag, path in (("--sscd", self.sscd), ("--features", self._features_path())):

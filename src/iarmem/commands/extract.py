@@ -24,9 +24,10 @@ from typing import Any
 
 from iarmem.attack import AttackSettings, load_extractors, run_attack
 from iarmem.attack.decide import METRICS
-from iarmem.attack.outputs import OUTPUTS
+from iarmem.attack.outputs import OUTPUTS, STRONG_FILE
 from iarmem.attack.pipeline import check_model, from_main, image_pool
 from iarmem.attack.select import SCORES
+from iarmem.attack.settings import STRENGTHS
 from iarmem.data import open_dataset
 from iarmem.distributed import barrier, close, init_world
 from iarmem.models.loading import is_model_folder, open_model
@@ -72,6 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "default 40%% of VAR scales rounded up (4 of 10), raster 30 tokens per 16 grid columns (30 of 256)")
     g.add_argument("--logit-noise", type=float, default=0.0,
                    help="std of Gaussian noise added to the logits (the defense baseline); default 0")
+    g.add_argument("--strength", choices=STRENGTHS, default="default",
+                   help="default: the paper's greedy prefix attack; strong: also every prefix (VAR 0-5 scales, "
+                        "raster 0-50%% of tokens), guided and sampled decoding and a trigger search per target, "
+                        "reporting the weakest try that extracts each image (to verify a fix)")
+    g.add_argument("--trigger-steps", type=int, default=30, help="strong: Adam steps of the trigger search")
     g = p.add_argument_group("decision")
     g.add_argument("--metric", choices=list(METRICS),
                    help="decision similarity: default sscd with --sscd, else features with --features, else tokens "
@@ -109,7 +115,8 @@ def settings_from(args: argparse.Namespace, num_images: int) -> AttackSettings:
         logit_noise=args.logit_noise, metric=args.metric, threshold=args.threshold, margin=args.margin,
         calibrate=args.calibrate,
         fpr=args.fpr, sscd=args.sscd, features=args.features, features_size=args.features_size,
-        batch_size=args.batch_size, seed=args.seed, figure_pairs=args.figure_pairs,
+        batch_size=args.batch_size, seed=args.seed, figure_pairs=args.figure_pairs, strength=args.strength,
+        trigger_steps=args.trigger_steps,
     ).validate()
 
 
@@ -140,6 +147,11 @@ def end_summary(s: dict[str, Any], model: str, out: str) -> str:
                  f"<= {mia['fpr']:.0%})" for stat in ("mia_loss", "mia_cfg") if "members" in mia.get(stat, {})]
         if parts:
             text += f" Membership inference, training images vs {mia['heldout']} held-out: " + "; ".join(parts) + "."
+    st = s.get("strong")
+    if st:
+        text += (f" Strong attack ({st['tries']} tries per target): {st['extracted']} training images extracted, "
+                 f"{len(st['beyond_default'])} beyond the default attack, {st['heldout_false_positives']} held-out "
+                 f"false positives (strong.csv: the weakest try per image).")
     text += f" Prefix: {s['prefix']['rule']}. Results in {out}: candidates.csv, summary.json, extracted.png."
     return text
 
@@ -176,8 +188,12 @@ def run(args: argparse.Namespace) -> int:
         summary = run_attack(iar, ds, plan, settings, run_.path, world=world, source=source.as_dict(),
                              extractors=extractors, resume=run_.resumed)
         if world.is_main:
-            run_.finish(list(OUTPUTS), {k: summary[k] for k in ("candidates", "extracted", "metric", "threshold",
-                                                                "rates", "membership")})
+            files = list(OUTPUTS) + ([STRONG_FILE] if settings.strength == "strong" else [])
+            run_.finish(files, {k: summary[k] for k in ("candidates", "extracted", "metric", "threshold", "rates",
+                                                        "membership")}
+                        | {"strong": {k: summary["strong"][k] for k in ("extracted", "beyond_default",
+                                                                         "heldout_false_positives")}
+                           if summary.get("strong") else None})
             print(end_summary(summary, args.model, args.out))
         barrier(world)
         return 0

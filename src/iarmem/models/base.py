@@ -228,6 +228,14 @@ class IAR(nn.Module, abc.ABC):
     def set_training_progress(self, fraction: float) -> None:
         """Called before each training step with step / total (RAR anneals its random order)."""
 
+    @abc.abstractmethod
+    def class_rows(self, labels: Tensor) -> tuple[nn.Parameter, Tensor]:
+        """The embedding table that holds the class conditioning, and the row each label reads.
+
+        The strong attack's trigger search optimises such a row (the conditioning input) to make a
+        target image likely, then generates from it.
+        """
+
     # ---- localization / mitigation hooks -----------------------------------------------
     @abc.abstractmethod
     def unit_layers(self, kinds: tuple[str, ...] = ("fc1",)) -> list[UnitLayer]:

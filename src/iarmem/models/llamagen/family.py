@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from iarmem.errors import UserError
 from iarmem.models.base import IAR, UNIT_KINDS, Tokens, UnitLayer
@@ -286,6 +286,9 @@ class LlamaGenFamily(IAR):
         return loss, recon
 
     # ---- localization / mitigation hooks -----------------------------------------------
+    def class_rows(self, labels: Tensor) -> tuple[nn.Parameter, Tensor]:
+        return self.model.cls_embedding.embedding_table.weight, labels.to(torch.int64)
+
     def unit_layers(self, kinds: tuple[str, ...] = ("fc1",)) -> list[UnitLayer]:
         """Per block, in block order, the requested kinds.
 

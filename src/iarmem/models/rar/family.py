@@ -363,6 +363,9 @@ class RARFamily(IAR):
         return (tokens, out_BLV) if out_BLV is not None else tokens
 
     # ---- localization / mitigation hooks -----------------------------------------------
+    def class_rows(self, labels: Tensor) -> tuple[nn.Parameter, Tensor]:
+        return self.model.embeddings.weight, self.model.condition_ids(labels.to(torch.int64))
+
     def unit_layers(self, kinds: tuple[str, ...] = ("fc1",)) -> list[UnitLayer]:
         bad = [k for k in kinds if k not in UNIT_KINDS]
         if bad:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from iarmem.models.base import IAR, Tokens, UnitLayer
 from iarmem.models.registry import Preset
@@ -209,6 +209,9 @@ class VARFamily(IAR):
         return (tokens, torch.cat(logits_out, 1)) if return_logits else tokens
 
     # ---- units ----------------------------------------------------------------------------
+    def class_rows(self, labels: Tensor) -> tuple[nn.Parameter, Tensor]:
+        return self.model.class_emb.weight, labels.to(torch.int64)
+
     def unit_layers(self, kinds: tuple[str, ...] = ("fc1",)) -> list[UnitLayer]:
         out = []
         C = self.model.C

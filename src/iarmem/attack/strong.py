@@ -1,0 +1,253 @@
+"""The strong attack: many ways to pull an image out, so that a fix is checked against more than one prompt.
+
+A mitigation chosen with one greedy prompt may only hide a copy from that prompt (Kowalczuk et al.,
+"Finding Dori"). For every target (the default attack's candidates, or ``--ids``) and every
+held-out control, the strong attack makes these tries, weakest first:
+
+- every ground-truth prefix from none up to VAR's 5th scale (raster: 0 to 50 % of the tokens, in
+  steps of 1/16), each decoded greedily on the conditional logits (the paper's decoding), greedily
+  with classifier-free guidance (``GUIDANCE``), and sampled at temperature 1 with ``SAMPLES`` seeds;
+- a trigger: the class conditioning optimised for the target by gradient descent
+  (``attack.trigger``), then greedy decoding with no prefix and with the default prefix.
+
+Every try is judged by the prompt-specific rule of the default attack, its threshold and margin
+calibrated on that try's own held-out generations (so with fewer than 1 / fpr held-out images no
+held-out image passes any try). An image is extracted when some try extracts it, from its own
+prompt or as a copy produced from another prompt, and is reported with the weakest such try. The
+default try is among them, judged the same way, so the strong attack finds every image the
+default finds. Generation and trigger search are sharded under torchrun like the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from iarmem.attack.decide import Metric, copies_other, decide_rule, left_out_passes
+from iarmem.attack.generate import GREEDY, Decoding, generate_batch, is_multiscale, prefix_tokens
+from iarmem.attack.neighbours import embedding_similarity, nearest_other, pixel_similarity
+from iarmem.attack.settings import AttackSettings
+from iarmem.attack.similarity import Embedder, embed, psnr, ssim
+from iarmem.attack.trigger import generate_with_trigger, optimise_trigger
+from iarmem.data import ImageDataset
+from iarmem.distributed import World, all_gather_object
+from iarmem.models.base import IAR, Tokens
+from iarmem.progress import progress
+from iarmem.tokens import load_views
+
+GUIDANCE = (1.5, 3.0)
+SAMPLES = 3
+MAX_VAR_PREFIX = 5  # scales
+MAX_RASTER_PREFIX = 0.5  # of the tokens
+RASTER_STEP = 1 / 16
+KINDS = ("greedy", "guided", "sampled", "trigger")
+
+
+@dataclass(frozen=True)
+class Try:
+    """One way to prompt: a prefix length, a decoding, and whether the conditioning is a trigger."""
+
+    prefix: int
+    decoding: Decoding = GREEDY
+    trigger: bool = False
+
+    @property
+    def kind(self) -> str:
+        if self.trigger:
+            return "trigger"
+        return "greedy" if self.decoding.greedy and self.decoding.cfg is None else (
+            "guided" if self.decoding.greedy else "sampled")
+
+    def sort_key(self) -> tuple[int, int, float, int]:
+        return self.prefix, KINDS.index(self.kind), self.decoding.cfg or 0.0, self.decoding.seed
+
+    def describe(self, iar: IAR) -> str:
+        unit = "scales" if is_multiscale(iar) else "tokens"
+        what = "trigger, greedy" if self.trigger else self.decoding.describe()
+        return f"prefix {self.prefix} {unit}, {what}"
+
+
+def strong_tries(iar: IAR, default_prefix: int) -> list[Try]:
+    """Every try, weakest first: by prefix, then greedy < guided < sampled < trigger."""
+    if is_multiscale(iar):
+        prefixes = set(range(0, min(MAX_VAR_PREFIX, len(iar.grids) - 1) + 1))
+    else:
+        L = iar.seq_len
+        prefixes = {int(round(k * RASTER_STEP * L)) for k in range(int(MAX_RASTER_PREFIX / RASTER_STEP) + 1)}
+    prefixes = sorted(prefixes | {default_prefix})
+    tries = []
+    for p in prefixes:
+        tries.append(Try(p))
+        tries += [Try(p, Decoding(cfg=g)) for g in GUIDANCE]
+        tries += [Try(p, Decoding(greedy=False, seed=k + 1)) for k in range(SAMPLES)]
+    tries += [Try(0, trigger=True), Try(default_prefix, trigger=True)]
+    return sorted(set(tries), key=Try.sort_key)
+
+
+@dataclass
+class StrongResult:
+    """Per target id: extracted by some try, the weakest such try (index into ``tries``) and how."""
+
+    tries: list[Try]
+    ids: np.ndarray  # targets and held-out controls, as generated
+    is_heldout: np.ndarray
+    extracted_ids: np.ndarray  # every pool image some try extracted
+    weakest: dict[int, int]  # image id -> index of its weakest extracting try
+    via: dict[int, int]  # image id -> the prompt whose generation copied it at that try (itself: own prompt)
+    similarity: dict[int, float]  # image id -> the similarity at that try
+    per_try: list[dict[str, Any]]
+    timing: dict[str, float]
+    left_out: np.ndarray | None = None  # per held-out control: extracted by some try when left out of calibration
+
+
+def _generate(iar: IAR, gt: Tensor, labels: np.ndarray, t: Try, s: AttackSettings, world: World) -> Tensor:
+    """[N, L] int32 generations of one non-trigger try from the ground-truth tokens ``gt``."""
+    n = len(gt)
+    batches = list(range(0, n, s.batch_size))
+    local = {}
+    for b in batches[world.rank::world.size]:
+        rows = slice(b, min(n, b + s.batch_size))
+        out = generate_batch(iar, Tokens(gt[rows].long(), iar.grids), torch.as_tensor(labels[rows]), t.prefix,
+                             logit_noise=s.logit_noise, seed=s.seed, batch_index=b // s.batch_size,
+                             decoding=t.decoding)
+        local[b] = out.ids_BL.to("cpu", torch.int32)
+    merged: dict[int, Tensor] = {}
+    for part in all_gather_object(local, world):
+        merged.update(part)  # type: ignore[arg-type]
+    return torch.cat([merged[b] for b in batches]) if batches else gt[:0].clone()
+
+
+def trigger_rounds(labels: np.ndarray) -> list[np.ndarray]:
+    """Row indices in rounds of distinct classes (round r: the r-th target of every class), so each round's
+    triggers are searched together."""
+    count: dict[int, int] = {}
+    rank = np.empty(len(labels), dtype=np.int64)
+    for i, c in enumerate(np.asarray(labels).tolist()):  # the r-th target of class c goes to round r
+        rank[i] = count.get(c, 0)
+        count[c] = rank[i] + 1
+    return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)] if len(labels) else []
+
+
+def _triggers(iar: IAR, gt: Tensor, labels: np.ndarray, tries: list[Try], steps: int,
+              world: World) -> dict[Try, Tensor]:
+    """Generations of the trigger tries: one optimised conditioning row per target (rounds sharded)."""
+    trig = [t for t in tries if t.trigger]
+    rounds = trigger_rounds(labels)
+    local: dict[int, list[Tensor]] = {}
+    mine = range(world.rank, len(rounds), world.size)
+    for r in progress(mine, total=len(mine), desc="trigger search", enabled=world.is_main):
+        rows = rounds[r]
+        target, lab = Tokens(gt[rows].long(), iar.grids), torch.as_tensor(labels[rows])
+        found, _ = optimise_trigger(iar, target, lab, steps)
+        local[r] = [generate_with_trigger(iar, target, lab, found, t.prefix).ids_BL.to("cpu", torch.int32)
+                    for t in trig]
+    merged: dict[int, list[Tensor]] = {}
+    for part in all_gather_object(local, world):
+        merged.update(part)  # type: ignore[arg-type]
+    out = {}
+    for k, t in enumerate(trig):
+        gens = torch.empty(len(gt), gt.shape[1], dtype=torch.int32)
+        for r, rows in enumerate(rounds):
+            gens[rows] = merged[r][k]
+        out[t] = gens
+    return out
+
+
+def _own_and_nearest(iar: IAR, ds: ImageDataset, metric: Metric, gens: Tensor, gt: Tensor, starts: np.ndarray,
+                     query_ids: np.ndarray, pool: np.ndarray, extractors: dict[str, Embedder], s: AttackSettings,
+                     world: World) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Own similarity and nearest other pool image of every generation of every try, in one pool pass."""
+
+    def tokens_of(ids: np.ndarray) -> Tensor:
+        x, _ = load_views(iar, ds, ids, 0, s.seed)
+        return iar.tokenize(x).ids_BL.cpu()
+
+    def decode01(ids_BL: Tensor) -> Tensor:
+        out = [iar.to_unit_range(iar.decode(Tokens(ids_BL[b:b + s.batch_size].long().to(iar.device), iar.grids)))
+               .clamp(0, 1).float() for b in range(0, len(ids_BL), s.batch_size)]
+        return torch.cat(out)
+
+    if metric.name == "tokens":
+        after_QL = torch.arange(gens.shape[1])[None, :] >= torch.as_tensor(starts)[:, None]
+        count_Q = after_QL.sum(1).clamp_min(1).float()
+        own = ((gens == gt) & after_QL).sum(1).float() / count_Q
+
+        def sim(pool_nL: Tensor) -> Tensor:
+            same = (gens[:, None, :] == pool_nL[None, :, :].to(gens.dtype)) & after_QL[:, None, :]
+            return same.sum(-1).float() / count_Q[:, None]
+
+        near, near_id = nearest_other(query_ids, pool, tokens_of, sim, world=world)
+        return own.double().numpy(), near, near_id
+    gen_img, rec_img = decode01(gens), decode01(gt)
+    if metric.name in ("ssim", "psnr"):
+        measure = ssim if metric.name == "ssim" else psnr
+        own = measure(gen_img, rec_img).double().numpy()
+        near, near_id = nearest_other(query_ids, pool, lambda ids: decode01(tokens_of(ids)),
+                                      pixel_similarity(gen_img, measure), world=world)
+        return own, near, near_id
+    ext = extractors[metric.name]
+    e_gen, e_rec = embed(ext, gen_img), embed(ext, rec_img)
+    near, near_id = nearest_other(query_ids, pool, lambda ids: embed(ext, decode01(tokens_of(ids))),
+                                  embedding_similarity(e_gen), world=world)
+    return (e_gen * e_rec).sum(1).double().numpy(), near, near_id
+
+
+def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, is_heldout: np.ndarray,
+               gt: Tensor, pool: np.ndarray, metric: Metric, default_prefix: int, s: AttackSettings,
+               extractors: dict[str, Embedder], world: World) -> StrongResult:
+    """Every try on every target and held-out control; which images come out, and under which weakest try."""
+    t0 = time.monotonic()
+    tries = strong_tries(iar, default_prefix)
+    gens: dict[Try, Tensor] = {}
+    with torch.no_grad():
+        for t in progress([t for t in tries if not t.trigger], desc="strong attack", enabled=world.is_main):
+            gens[t] = _generate(iar, gt, labels, t, s, world)
+    gens |= _triggers(iar, gt, labels, tries, s.trigger_steps, world)
+    t_gen = time.monotonic() - t0
+    n = len(ids)
+    all_gens = torch.cat([gens[t] for t in tries])
+    starts = np.concatenate([np.full(n, prefix_tokens(iar, t.prefix)) for t in tries])
+    query_ids = np.tile(ids, len(tries))
+    with torch.no_grad():
+        own, near, near_id = _own_and_nearest(iar, ds, metric, all_gens, gt.repeat(len(tries), 1), starts, query_ids,
+                                               np.union1d(pool, ids), extractors, s, world)
+    weakest: dict[int, int] = {}
+    via: dict[int, int] = {}
+    similarity: dict[int, float] = {}
+    per_try = []
+    calibrated = s.calibrates(int(is_heldout.sum())) and s.margin is None
+    left_out = np.zeros(int(is_heldout.sum()), dtype=bool) if calibrated else None
+    for k, t in enumerate(tries):
+        rows = slice(k * n, (k + 1) * n)
+        o, nn, nn_id = own[rows], near[rows], near_id[rows]
+        d = decide_rule(metric, o, o - nn, is_heldout, calibrate_on=s.calibrates(int(is_heldout.sum())), fpr=s.fpr,
+                        threshold=s.threshold, margin=s.margin)
+        lo = left_out_passes(metric, o, o - nn, is_heldout, s.fpr) if left_out is not None else None
+        if lo is not None:
+            left_out |= lo
+        mine = copies_other(nn, o, d.threshold, d.margin)
+        other = copies_other(o, nn, d.other_bar, d.margin) & (nn_id >= 0)
+        for j in np.flatnonzero(mine):
+            _claim(weakest, via, similarity, int(ids[j]), k, int(ids[j]), float(o[j]))
+        for j in np.flatnonzero(other):
+            _claim(weakest, via, similarity, int(nn_id[j]), k, int(ids[j]), float(nn[j]))
+        per_try.append({"try": t.describe(iar), "kind": t.kind, "prefix": t.prefix, "threshold": d.threshold,
+                        "margin": d.margin, "own_prompt": int(mine[~is_heldout].sum()),
+                        "heldout_own_prompt": int(mine[is_heldout].sum()), "copies_other": int(other.sum()),
+                        "heldout_left_out": int(lo.sum()) if lo is not None else None})
+    extracted = np.array(sorted(weakest), dtype=np.int64)
+    return StrongResult(tries, ids, is_heldout, extracted, weakest, via, similarity, per_try,
+                        {"generation_s": t_gen, "total_s": time.monotonic() - t0}, left_out)
+
+
+def _claim(weakest: dict[int, int], via: dict[int, int], similarity: dict[int, float], image: int, k: int,
+           prompt: int, sim: float) -> None:
+    """Record try ``k`` for ``image`` unless a weaker try (or the image's own prompt at this try) has it."""
+    if image in weakest and (weakest[image] < k or (weakest[image] == k and via[image] == image)):
+        return
+    weakest[image], via[image], similarity[image] = k, prompt, sim
