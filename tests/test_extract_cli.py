@@ -101,6 +101,8 @@ def test_resume_reuses_the_scores_of_a_stopped_run(model_dir: Path, first_run: P
     (["--metric", "sscd"], "--metric sscd needs --sscd"),
     (["--features", "missing.pt"], "--features file not found"),
     (["--fraction", "0"], "--fraction"),
+    (["--subset", "heldout"], "no images to attack"),  # an empty candidate pool
+    (["--trigger-steps", "0"], "--trigger-steps must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           extra: list[str], message: str) -> None:
@@ -111,19 +113,21 @@ def test_bad_input_is_one_line_and_exit_2(model_dir: Path, tmp_path: Path, capsy
     assert not out.exists()  # refused before anything is written
 
 
-def test_unknown_metric_is_refused_by_the_parser(model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag, value", [("--metric", "lpips"), ("--strength", "extreme")])
+def test_unknown_choices_are_refused_by_the_parser(model_dir: Path, tmp_path: Path, flag: str, value: str) -> None:
     with pytest.raises(SystemExit) as e:
-        main(["extract", str(model_dir), "mnist", "--out", str(tmp_path / "x"), "--metric", "lpips"])
-    assert e.value.code == 2
+        main(["extract", str(model_dir), "mnist", "--out", str(tmp_path / "x"), flag, value])
+    assert e.value.code == 2 and not (tmp_path / "x").exists()
 
 
-def test_explicit_ids_on_a_model_without_manifest(tmp_path: Path) -> None:
+def test_explicit_ids_on_a_model_without_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "plain"
     torch.manual_seed(1)
     save_model_folder(build("tiny-llamagen"), folder, preset="tiny-llamagen")
     out = tmp_path / "run"
     assert main(["extract", str(folder), "mnist", "--out", str(out), "--ids", "4,1,9", "--calibrate"]) == 2
     assert not out.exists()  # no held-out images to calibrate on: refused up front
+    assert "held-out images to calibrate on" in capsys.readouterr().err
     assert main(["extract", str(folder), "mnist", "--out", str(out), "--ids", "4,1,9", "--metric", "tokens"]) == 0
     rows = _rows(out / "candidates.csv")
     assert [r["id"] for r in rows] == ["1", "4", "9"] and {r["group"] for r in rows} == {"other"}

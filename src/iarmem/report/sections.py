@@ -98,10 +98,45 @@ def _ext_caption(g: ModelGroup, r: Run, s: dict[str, Any]) -> str:
         return head + note("no summary.json (the run did not finish)")
     rates = as_dict(s.get("rates"))
     rate_text = ", ".join(f"{k.replace('heldout', 'held-out')} {rate(rates[k])}" for k in GROUPS if k in rates)
-    text = f"extracted <b>{num(s.get('extracted'))} of {num(s.get('candidates'))}</b> candidates"
+    text = f"<b>{num(s.get('extracted'))}</b> training images extracted from {num(s.get('candidates'))} candidates"
+    if s.get("precision") is not None:
+        text += f" (precision {rate(s['precision'])}, held-out false positives {num(s.get('heldout_false_positives'))})"
     if rate_text:
-        text += f"; {rate_text}"
+        text += f"; by their own prompt: {rate_text}"
     return f"{head}<br>{text}<br>{esc(s.get('decision', ''))}"
+
+
+def _strong(s: dict[str, Any]) -> str:
+    st = as_dict(s.get("strong"))
+    if not st:
+        return DASH
+    return (f"{num(st.get('extracted'))} ({len(st.get('beyond_default') or [])} beyond the default; held-out "
+            f"{num(st.get('heldout_false_positives'))}, left out {num(st.get('heldout_left_out_false_positives'))})")
+
+
+def membership_table(groups: list[ModelGroup]) -> str:
+    """AUC and TPR at 1 % FPR of the membership scores, per statistic and member group."""
+    rows = []
+    for g in groups:
+        for r in g.of("extract"):
+            mia = as_dict(as_dict(r.json("summary.json")).get("membership"))
+            for stat, what in (("mia_loss", "loss"), ("mia_cfg", "guidance difference")):
+                per = as_dict(mia.get(stat))
+                if not per:
+                    continue
+                cells = [f"{num(as_dict(per.get(k)).get('auc'), 3)} / {rate(as_dict(per.get(k)).get('tpr'))}"
+                         if k in per else DASH for k in ("planted", "ordinary", "members")]
+                rows.append([f"<b>{esc(g.label)}</b>", variant_label(r), run_label(r), esc(what), *cells,
+                             num(mia.get("heldout"))])
+    if not rows:
+        return ""
+    return ("<h3>Membership inference</h3>"
+            + table(["model", "variant", "run", "score", "planted: AUC / TPR", "ordinary: AUC / TPR",
+                     "all members: AUC / TPR", "held-out"], rows, id_="membership", stack=True)
+            + note("Per image, from the teacher-forced pass of the attack's scoring: the loss, and the conditional "
+                   "minus unconditional log-likelihood (the guidance difference of Kowalczuk et al. 2025). AUC "
+                   "against the held-out images (0.5: chance); TPR at a false-positive rate of at most 1 %, whose "
+                   "resolution is one held-out image."))
 
 
 def _copies(s: dict[str, Any]) -> str:
@@ -122,8 +157,8 @@ def extraction_section(groups: list[ModelGroup]) -> str:
             prefix = as_dict(s.get("prefix"))
             rows.append([f"<b>{esc(g.label)}</b>", variant_label(r), run_label(r),
                          f"{num(s.get('extracted'))}/{num(s.get('candidates'))}",
-                         *[rate(rates.get(k)) for k in GROUPS], _copies(s), esc(s.get("decision", DASH)),
-                         esc(prefix.get("rule", DASH))])
+                         *[rate(rates.get(k)) for k in GROUPS], rate(s.get("precision")), _copies(s),
+                         _strong(s), esc(s.get("decision", DASH)), esc(prefix.get("rule", DASH))])
             figs.append(figure(read_image(r.path / "extracted.png"), f"extracted images of {r.name}",
                                _ext_caption(g, r, s)))
             if isinstance(s.get("extracted"), int):
@@ -139,13 +174,18 @@ def extraction_section(groups: list[ModelGroup]) -> str:
     if not rows:
         return missing("extract", "`iarmem extract MODEL DATA --out RUN` runs the extraction attack")
     body = table(["model", "variant", "run", "extracted / candidates", "planted", "ordinary", "held-out",
-                  "copies another image", "decision rule", "prefix"], rows, id_="extraction",
-                 numeric=[False, False, False, True, True, True, True, False, False, False], wide=(8, 9),
-                 stack=True)
-    body += note("Rates are extracted / generated per group of the planting plan. Held-out images are never trained "
-                 "on: extracting them would mean the rule is too loose. Each figure shows pairs <i>reconstruction | "
-                 "generation</i>, most similar first (the closest pairs when nothing was extracted).")
-    return body + "".join(blocks)
+                  "precision", "copies another image", "strong attack", "decision rule", "prefix"], rows,
+                 id_="extraction", numeric=[False, False, False, True, True, True, True, True, False, False, False,
+                                            False], wide=(10, 11), stack=True)
+    body += note("Extracted: training images judged copied, by their own prompt or by another prompt's generation "
+                 "(a generation must be closer to the image than to every other training or held-out image by the "
+                 "margin). Rates are per group of the planting plan, by their own prompt; precision is the planted "
+                 "share of everything called extracted. Held-out images are never trained on: extracting them "
+                 "would mean the rule is too loose. The strong attack (when run) tries every prefix, guided and "
+                 "sampled decoding and a trigger search; 'left out' counts held-out images it would pass had they "
+                 "not calibrated it. Each figure shows pairs <i>reconstruction | generation</i>, most similar first "
+                 "(the closest pairs when nothing was extracted).")
+    return body + membership_table(groups) + "".join(blocks)
 
 
 # ---------------------------------------------------------------- mitigation
