@@ -217,13 +217,6 @@ class AttackResult:
         other = self.measures["other_id"][self.copies_other].astype(np.int64)
         return np.union1d(own, other[other >= 0])
 
-    def summary(self) -> dict[str, Any]:
-        """The headline: extracted candidates by the decision rule."""
-        cand = self.is_candidate
-        return {"candidates": int(cand.sum()), "extracted": int((self.extracted & cand).sum()),
-                "metric": self.metric, "threshold": self.threshold, "margin": self.decision.margin,
-                "threshold_rule": self.decision.threshold_rule}
-
 
 def nearest_in_pool(iar: IAR, ds: ImageDataset, metric: str, ids: np.ndarray, gen: Tensor, start: int,
                     pool: np.ndarray, pix: Arrays, extractors: dict[str, Embedder], s: AttackSettings,
