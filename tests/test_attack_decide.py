@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from iarmem.attack.decide import calibrate, check_threshold, choose_metric, copies_other, decide_rule, extracted
-from iarmem.attack.neighbours import nearest_other, token_similarity
+from iarmem.attack.neighbours import TokenCache, nearest_other, token_similarity
 from iarmem.attack.settings import AttackSettings
 from iarmem.errors import UserError
 
@@ -120,3 +120,20 @@ def test_threshold_and_margin_are_calibrated_on_held_out_with_a_floor() -> None:
     assert absolute.margin == -math.inf and "nearest" not in absolute.text("tokens")
     assert AttackSettings().calibrates(20) and not AttackSettings().calibrates(0)
     assert not AttackSettings(threshold=0.8).calibrates(20) and not AttackSettings(calibrate=False).calibrates(20)
+
+
+def test_token_cache_serves_what_it_holds_and_tokenizes_the_rest() -> None:
+    calls: list[list[int]] = []
+
+    def tokenize(ids: np.ndarray) -> torch.Tensor:
+        calls.append(ids.tolist())
+        return torch.as_tensor(np.stack([np.full(3, i) for i in ids]))
+
+    cache = TokenCache(budget_bytes=4 * 3 * 2)  # room for two rows of 3 int32 tokens
+    cache.add(np.array([5]), torch.tensor([[5, 5, 5]]))
+    out = cache.load(np.array([7, 5, 9]), tokenize)
+    assert out.tolist() == [[7] * 3, [5] * 3, [9] * 3] and calls == [[7, 9]]
+    assert set(cache.rows) == {5, 7}  # 9 did not fit the budget
+    assert cache.load(np.array([5, 7]), tokenize).tolist() == [[5] * 3, [7] * 3] and calls == [[7, 9]]
+    cache.load(np.array([9]), tokenize)
+    assert calls == [[7, 9], [9]]

@@ -16,7 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from iarmem.data import ImageDataset
 from iarmem.distributed import World, all_gather_object
+from iarmem.models.base import IAR
+from iarmem.tokens import load_views
 
 POOL_CHUNK = 256
 
@@ -54,6 +57,46 @@ def _reduce(best: np.ndarray, best_id: np.ndarray, world: World) -> tuple[np.nda
         take = (b > out) | ((b == out) & (i >= 0) & ((out_id < 0) | (i < out_id)))
         out[take], out_id[take] = b[take], i[take]
     return out, out_id
+
+
+class TokenCache:
+    """Eval-view tokens of pool images, kept while they fit ``budget_bytes``.
+
+    The scoring pass tokenizes every pool image already, and a sweep judges many edits of one model
+    whose tokenizer never changes: the nearest-other search reads tokens from here instead of
+    tokenizing the pool again. Past the budget, images are tokenized on demand, so memory stays
+    bounded for any pool.
+    """
+
+    def __init__(self, budget_bytes: int = 256 << 20) -> None:
+        self.budget, self.used = budget_bytes, 0
+        self.rows: dict[int, Tensor] = {}
+
+    def add(self, ids: np.ndarray, tokens_NL: Tensor) -> None:
+        for i, row in zip(np.asarray(ids).tolist(), tokens_NL.to("cpu", torch.int32)):
+            if i not in self.rows and self.used + row.numel() * 4 <= self.budget:
+                self.rows[i] = row.clone()
+                self.used += row.numel() * 4
+
+    def load(self, ids: np.ndarray, tokenize: Loader) -> Tensor:
+        """[n, L] tokens of ``ids``: cached rows, the others tokenized now (and cached while room is left)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        missing = np.array([i for i in ids.tolist() if i not in self.rows], dtype=np.int64)
+        fresh: dict[int, Tensor] = {}
+        if len(missing):
+            tokens = tokenize(missing).to("cpu", torch.int32)
+            self.add(missing, tokens)
+            fresh = dict(zip(missing.tolist(), tokens))
+        return torch.stack([self.rows[i] if i in self.rows else fresh[i] for i in ids.tolist()])
+
+
+def pool_tokens(iar: IAR, ds: ImageDataset, seed: int, cache: TokenCache | None) -> Loader:
+    """Eval-view tokens of pool ids ([n, L], CPU): from ``cache`` where it holds them, else tokenized."""
+    def tokenize(pool_ids: np.ndarray) -> Tensor:
+        x, _ = load_views(iar, ds, pool_ids, 0, seed)
+        return iar.tokenize(x).ids_BL.cpu()
+
+    return tokenize if cache is None else (lambda pool_ids: cache.load(pool_ids, tokenize))
 
 
 # ---- similarities of queries to a chunk, one per decision metric -----------------------------------

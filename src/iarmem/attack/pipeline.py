@@ -23,7 +23,14 @@ from torch import Tensor
 from iarmem.attack.decide import METRICS, Calibration, Decision, Metric, choose_metric, copies_other, decide_rule
 from iarmem.attack.generate import check_prefix, default_prefix, describe_prefix, generate_batch, prefix_tokens
 from iarmem.attack.membership import STATISTICS, membership_scores
-from iarmem.attack.neighbours import embedding_similarity, nearest_other, pixel_similarity, token_similarity
+from iarmem.attack.neighbours import (
+    TokenCache,
+    embedding_similarity,
+    nearest_other,
+    pixel_similarity,
+    pool_tokens,
+    token_similarity,
+)
 from iarmem.attack.scoring import describe_scored, score_logits, scored_positions
 from iarmem.attack.select import ranking_key, select_top
 from iarmem.attack.settings import AttackSettings, load_extractors
@@ -84,7 +91,7 @@ def from_main(world: World, fn: Callable[[], T]) -> T:
 
 # ---- scoring ---------------------------------------------------------------------------------------
 def score_images(iar: IAR, ds: ImageDataset, ids: np.ndarray, *, last: int | None = None, batch_size: int = 32,
-                 seed: int = 0, world: World | None = None) -> Arrays:
+                 seed: int = 0, world: World | None = None, cache: TokenCache | None = None) -> Arrays:
     """Teacher-forced scores of the eval view of each image (id order kept): id, label, the candidate
     scores top1, gt_prob, loss on the scored positions, and the membership scores mia_loss, mia_cfg
     (one conditional and one unconditional pass)."""
@@ -95,6 +102,8 @@ def score_images(iar: IAR, ds: ImageDataset, ids: np.ndarray, *, last: int | Non
     def one(_b: int, rows: slice) -> dict[str, np.ndarray]:
         x, y = load_views(iar, ds, ids[rows], 0, seed)
         tokens, y = iar.tokenize(x), y.to(iar.device)
+        if cache is not None:  # the nearest-other search reads the pool's tokens from here
+            cache.add(ids[rows], tokens.ids_BL)
         cond = iar.logits(tokens, y)
         sc = score_logits(cond, tokens.ids_BL, positions)
         sc |= membership_scores(cond, iar.logits(tokens, y, unconditional=True), tokens.ids_BL)
@@ -220,13 +229,11 @@ class AttackResult:
 
 def nearest_in_pool(iar: IAR, ds: ImageDataset, metric: str, ids: np.ndarray, gen: Tensor, start: int,
                     pool: np.ndarray, pix: Arrays, extractors: dict[str, Embedder], s: AttackSettings,
-                    world: World) -> tuple[np.ndarray, np.ndarray]:
+                    world: World, cache: TokenCache | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each generation, the most similar pool image other than its prompt, in the decision's measure:
     tokens (after the prefix), SSIM / PSNR of decodings, or the extractor's cosine. Pool images are
     compared as generations are, through the tokenizer's reconstruction of their eval view."""
-    def tokens_of(pool_ids: np.ndarray) -> Tensor:
-        x, _ = load_views(iar, ds, pool_ids, 0, s.seed)
-        return iar.tokenize(x).ids_BL.cpu()
+    tokens_of = pool_tokens(iar, ds, s.seed, cache)
 
     decode01 = decoder(iar, on_device=True)
     if metric == "tokens":
@@ -285,7 +292,7 @@ def attack_ids(iar: IAR, ds: ImageDataset, ids: Sequence[int] | np.ndarray, labe
                settings: AttackSettings | None = None, *, heldout: Sequence[int] | np.ndarray = (),
                pool: Sequence[int] | np.ndarray | None = None, extractors: dict[str, Embedder] | None = None,
                world: World | None = None, token_cache: Path | None = None,
-               reuse_tokens: bool = False) -> AttackResult:
+               reuse_tokens: bool = False, pool_cache: TokenCache | None = None) -> AttackResult:
     """Generate from the prefixes of ``ids`` (+ held-out controls) and judge each: the attack without selection.
 
     ``labels`` override the class a candidate is prompted with (default: its dataset label).
@@ -331,7 +338,7 @@ def attack_ids(iar: IAR, ds: ImageDataset, ids: Sequence[int] | np.ndarray, labe
     pix = measure_pixels(iar, gt, gen, extractors, s.batch_size, world)
     pool_ids = all_ids if pool is None else np.union1d(np.asarray(pool, dtype=np.int64), all_ids)
     nearest = nearest_in_pool(iar, ds, metric.name, all_ids, gen, prefix_tokens(iar, prefix), pool_ids, pix,
-                              extractors, s, world)
+                              extractors, s, world, pool_cache)
     result = from_main(world, lambda: _decide(iar, s, metric, all_ids, lab, is_candidate, is_heldout, gt, gen,
                                               prefix, pix, nearest))
     result.timing = {"generation_s": t1 - t0, "decision_s": time.monotonic() - t1, "pool": len(pool_ids)}
@@ -398,11 +405,13 @@ def choose_candidates(scores: Arrays, sel: Selection, s: AttackSettings) -> np.n
 
 def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSettings | None = None,
                out_dir: str | Path | None = None, *, world: World | None = None, source: dict[str, Any] | None = None,
-               extractors: dict[str, Embedder] | None = None, resume: bool = False) -> dict[str, Any]:
+               extractors: dict[str, Embedder] | None = None, resume: bool = False,
+               pool_cache: TokenCache | None = None) -> dict[str, Any]:
     """Score, select, generate and decide; with ``out_dir`` write candidates.csv, summary.json, extracted.png.
 
     Returns the summary (the same dict on every rank). With ``resume`` the scores (scores.csv) and
     generations (generated.safetensors) already in ``out_dir`` are reused when they fit.
+    ``pool_cache`` keeps the pool's tokens across calls on one tokenizer (the sweep passes one).
     """
     from iarmem.attack import outputs  # the writers need pipeline's types; import here, not at module load
 
@@ -418,8 +427,10 @@ def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSe
             f"prefix: {describe_prefix(iar, prefix, s.prefix is None)}")
     scores_file = out / outputs.SCORES_FILE if out is not None else None
     scores = from_main(world, lambda: outputs.read_scores(scores_file, sel.scored) if resume and scores_file else None)
+    pool_cache = TokenCache() if pool_cache is None else pool_cache
     if scores is None:
-        scores = score_images(iar, ds, sel.scored, last=s.last, batch_size=s.batch_size, seed=s.seed, world=world)
+        scores = score_images(iar, ds, sel.scored, last=s.last, batch_size=s.batch_size, seed=s.seed, world=world,
+                              cache=pool_cache)
         if scores_file is not None and world.is_main:
             outputs.write_scores(scores_file, scores)
     elif world.is_main:
@@ -429,14 +440,15 @@ def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSe
     if world.is_main:
         log(f"generating {len(candidates)} candidates + {len(sel.heldout)} held-out controls")
     result = attack_ids(iar, ds, candidates, None, s, heldout=sel.heldout, pool=sel.scored, extractors=extractors,
-                        world=world, token_cache=out / TOKENS_FILE if out is not None else None, reuse_tokens=resume)
+                        world=world, token_cache=out / TOKENS_FILE if out is not None else None, reuse_tokens=resume,
+                        pool_cache=pool_cache)
     result.timing = {"scoring_s": t_score, **result.timing, "total_s": time.monotonic() - t0}
     strong = None
     if s.strength == "strong":
         if world.is_main:
             log(f"strong attack on {int(result.is_candidate.sum())} targets + {len(sel.heldout)} held-out controls")
         strong = run_strong(iar, ds, result.ids, result.labels, ~result.is_candidate, result.gt, sel.scored,
-                            METRICS[result.metric], result.prefix, s, extractors, world)
+                            METRICS[result.metric], result.prefix, s, extractors, world, pool_cache)
     summary = from_main(world, lambda: outputs.summarize(iar, ds, plan, s, sel, scores, result, source,
                                                          world.size, strong))
     if out is not None and world.is_main:

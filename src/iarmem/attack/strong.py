@@ -30,7 +30,7 @@ from torch import Tensor
 
 from iarmem.attack.decide import Metric, copies_other, decide_rule, left_out_passes
 from iarmem.attack.generate import GREEDY, Decoding, generate_batch, is_multiscale, prefix_tokens
-from iarmem.attack.neighbours import embedding_similarity, nearest_other, pixel_similarity
+from iarmem.attack.neighbours import TokenCache, embedding_similarity, nearest_other, pixel_similarity, pool_tokens
 from iarmem.attack.settings import AttackSettings
 from iarmem.attack.similarity import Embedder, embed, psnr, ssim
 from iarmem.attack.trigger import generate_with_trigger, optimise_trigger
@@ -38,7 +38,6 @@ from iarmem.data import ImageDataset
 from iarmem.distributed import World, all_gather_object
 from iarmem.models.base import IAR, Tokens
 from iarmem.progress import progress
-from iarmem.tokens import load_views
 
 GUIDANCE = (1.5, 3.0)
 SAMPLES = 3
@@ -160,12 +159,9 @@ def _triggers(iar: IAR, gt: Tensor, labels: np.ndarray, tries: list[Try], steps:
 
 def _own_and_nearest(iar: IAR, ds: ImageDataset, metric: Metric, gens: Tensor, gt: Tensor, starts: np.ndarray,
                      query_ids: np.ndarray, pool: np.ndarray, extractors: dict[str, Embedder], s: AttackSettings,
-                     world: World) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     world: World, cache: TokenCache | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Own similarity and nearest other pool image of every generation of every try, in one pool pass."""
-
-    def tokens_of(ids: np.ndarray) -> Tensor:
-        x, _ = load_views(iar, ds, ids, 0, s.seed)
-        return iar.tokenize(x).ids_BL.cpu()
+    tokens_of = pool_tokens(iar, ds, s.seed, cache)
 
     def decode01(ids_BL: Tensor) -> Tensor:
         out = [iar.to_unit_range(iar.decode(Tokens(ids_BL[b:b + s.batch_size].long().to(iar.device), iar.grids)))
@@ -199,7 +195,7 @@ def _own_and_nearest(iar: IAR, ds: ImageDataset, metric: Metric, gens: Tensor, g
 
 def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, is_heldout: np.ndarray,
                gt: Tensor, pool: np.ndarray, metric: Metric, default_prefix: int, s: AttackSettings,
-               extractors: dict[str, Embedder], world: World) -> StrongResult:
+               extractors: dict[str, Embedder], world: World, cache: TokenCache | None = None) -> StrongResult:
     """Every try on every target and held-out control; which images come out, and under which weakest try."""
     t0 = time.monotonic()
     tries = strong_tries(iar, default_prefix)
@@ -215,7 +211,7 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
     query_ids = np.tile(ids, len(tries))
     with torch.no_grad():
         own, near, near_id = _own_and_nearest(iar, ds, metric, all_gens, gt.repeat(len(tries), 1), starts, query_ids,
-                                               np.union1d(pool, ids), extractors, s, world)
+                                               np.union1d(pool, ids), extractors, s, world, cache)
     weakest: dict[int, int] = {}
     via: dict[int, int] = {}
     similarity: dict[int, float] = {}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from iarmem.attack import AttackSettings, run_attack
+from iarmem.attack.neighbours import TokenCache
 from iarmem.attack.settings import load_extractors
 from iarmem.data import ImageDataset, Plan
 from iarmem.errors import UserError
@@ -105,6 +106,7 @@ class SweepContext:
     batch_size: int = 32
     reference: Any = None
     extractors: dict = field(default_factory=dict)
+    pool_cache: TokenCache = field(default_factory=TokenCache)  # edits never touch the tokenizer: tokenize once
 
     def prepare(self) -> None:
         self.extractors = load_extractors(self.attack, self.iar.device)
@@ -114,7 +116,7 @@ class SweepContext:
 
 
 def _measure(ctx: SweepContext, attack: AttackSettings, noise: float = 0.0) -> dict[str, Any]:
-    summary = run_attack(ctx.iar, ctx.ds, ctx.plan, attack, extractors=ctx.extractors)
+    summary = run_attack(ctx.iar, ctx.ds, ctx.plan, attack, extractors=ctx.extractors, pool_cache=ctx.pool_cache)
     sampling = default_sampling(ctx.iar)
     if noise > 0:
         sampling = sampling.override(logit_noise=noise)
