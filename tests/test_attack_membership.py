@@ -54,3 +54,11 @@ def test_evaluation_per_group_against_held_out() -> None:
     assert out["mia_loss"]["ordinary"]["n"] == len(plan.ordinary_ids)
     assert 0.9 < out["mia_loss"]["ordinary"]["auc"] <= 1.0
     assert evaluate_membership({"id": ids, "mia_loss": score}, None) is None
+
+
+def test_scores_skipped_by_the_sweep_are_not_evaluated() -> None:
+    labels = np.repeat(np.arange(10), 30)
+    plan = make_plan(labels, num_train=40, plant=10, copies=2, seed=0)
+    ids = np.sort(np.concatenate([plan.planted_ids, plan.heldout_ids]))
+    out = evaluate_membership({"id": ids, "mia_loss": np.full(len(ids), np.nan)}, plan)
+    assert out is not None and "mia_loss" not in out

@@ -64,7 +64,7 @@ def evaluate_membership(scores: dict[str, np.ndarray], plan: Plan | None) -> dic
     groups["members"] = groups["planted"] | groups["ordinary"]
     out: dict[str, Any] = {"heldout": int(held.sum()), "fpr": FPR, "fpr_resolution": 1 / int(held.sum())}
     for stat in STATISTICS:
-        if stat not in scores:
+        if stat not in scores or np.isnan(np.asarray(scores[stat], dtype=np.float64)).all():
             continue
         s = np.asarray(scores[stat], dtype=np.float64)
         out[stat] = {g: {"n": int(m.sum()), "auc": roc_auc(s[m], s[held]), **tpr_at_fpr(s[m], s[held])}

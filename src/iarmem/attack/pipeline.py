@@ -91,10 +91,11 @@ def from_main(world: World, fn: Callable[[], T]) -> T:
 
 # ---- scoring ---------------------------------------------------------------------------------------
 def score_images(iar: IAR, ds: ImageDataset, ids: np.ndarray, *, last: int | None = None, batch_size: int = 32,
-                 seed: int = 0, world: World | None = None, cache: TokenCache | None = None) -> Arrays:
+                 seed: int = 0, world: World | None = None, cache: TokenCache | None = None,
+                 membership: bool = True) -> Arrays:
     """Teacher-forced scores of the eval view of each image (id order kept): id, label, the candidate
-    scores top1, gt_prob, loss on the scored positions, and the membership scores mia_loss, mia_cfg
-    (one conditional and one unconditional pass)."""
+    scores top1, gt_prob, loss on the scored positions, and with ``membership`` the membership scores
+    mia_loss, mia_cfg (one more pass, unconditional; NaN without)."""
     world = world or World()
     ids = np.asarray(ids, dtype=np.int64)
     positions = _positions(iar, last)
@@ -106,7 +107,10 @@ def score_images(iar: IAR, ds: ImageDataset, ids: np.ndarray, *, last: int | Non
             cache.add(ids[rows], tokens.ids_BL)
         cond = iar.logits(tokens, y)
         sc = score_logits(cond, tokens.ids_BL, positions)
-        sc |= membership_scores(cond, iar.logits(tokens, y, unconditional=True), tokens.ids_BL)
+        if membership:
+            sc |= membership_scores(cond, iar.logits(tokens, y, unconditional=True), tokens.ids_BL)
+        else:
+            sc |= {k: torch.full((len(y),), float("nan")) for k in STATISTICS}
         return {"id": ids[rows], "label": y.cpu().numpy()} | {k: v.double().numpy() for k, v in sc.items()}
 
     with torch.no_grad():
@@ -430,7 +434,7 @@ def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSe
     pool_cache = TokenCache() if pool_cache is None else pool_cache
     if scores is None:
         scores = score_images(iar, ds, sel.scored, last=s.last, batch_size=s.batch_size, seed=s.seed, world=world,
-                              cache=pool_cache)
+                              cache=pool_cache, membership=s.membership)
         if scores_file is not None and world.is_main:
             outputs.write_scores(scores_file, scores)
     elif world.is_main:

@@ -44,6 +44,7 @@ class AttackSettings:
     batch_size: int = 32
     seed: int = 0
     figure_pairs: int = 32  # pairs shown in extracted.png
+    membership: bool = True  # membership-inference scores from the scoring pass (one more, unconditional pass)
     strength: str = "default"  # "strong": also every prefix, decoding, guidance and a trigger search (strong.py)
     trigger_steps: int = 30  # Adam steps of the strong attack's trigger search
 

@@ -78,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "raster 0-50%% of tokens), guided and sampled decoding and a trigger search per target, "
                         "reporting the weakest try that extracts each image (to verify a fix)")
     g.add_argument("--trigger-steps", type=int, default=30, help="strong: Adam steps of the trigger search")
+    g.add_argument("--no-membership", dest="membership", action="store_false",
+                   help="skip the membership-inference scores (saves one unconditional pass per scored image)")
     g = p.add_argument_group("decision")
     g.add_argument("--metric", choices=list(METRICS),
                    help="decision similarity: default sscd with --sscd, else features with --features, else tokens "
@@ -116,7 +118,7 @@ def settings_from(args: argparse.Namespace, num_images: int) -> AttackSettings:
         calibrate=args.calibrate,
         fpr=args.fpr, sscd=args.sscd, features=args.features, features_size=args.features_size,
         batch_size=args.batch_size, seed=args.seed, figure_pairs=args.figure_pairs, strength=args.strength,
-        trigger_steps=args.trigger_steps,
+        trigger_steps=args.trigger_steps, membership=args.membership,
     ).validate()
 
 

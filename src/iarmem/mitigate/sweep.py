@@ -116,7 +116,8 @@ class SweepContext:
 
 
 def _measure(ctx: SweepContext, attack: AttackSettings, noise: float = 0.0) -> dict[str, Any]:
-    summary = run_attack(ctx.iar, ctx.ds, ctx.plan, attack, extractors=ctx.extractors, pool_cache=ctx.pool_cache)
+    summary = run_attack(ctx.iar, ctx.ds, ctx.plan, attack.replace(membership=False), extractors=ctx.extractors,
+                         pool_cache=ctx.pool_cache)  # the sweep reads leak and quality, not membership
     sampling = default_sampling(ctx.iar)
     if noise > 0:
         sampling = sampling.override(logit_noise=noise)
