@@ -1,7 +1,9 @@
 """Integration: the tiny RAR preset trained on planted MNIST memorizes exactly what was planted.
 
-Trains a tokenizer and an IAR through the CLI (a few minutes on 2 CPU cores), then checks the
-training evidence and the extraction attack against the ground truth of the manifest. Margins,
+Trains a tokenizer and an IAR through the CLI (about four minutes on 2 CPU cores), then checks the
+training evidence and the extraction attack against the ground truth of the manifest. The recipe is
+shorter than the preset's (200 tokenizer steps, 300 ordinary images, 450 IAR steps: planted top-1 0.998,
+20 of 20 extracted at seeds 0 and 1), because the point is the pipeline, not the preset. Margins,
 not exact numbers: the seed is fixed but float summation order may differ across machines.
 """
 
@@ -20,9 +22,9 @@ pytestmark = pytest.mark.all_threads  # minutes of training: both cores help
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
-    assert main(["train", "tokenizer", "--preset", "tiny-rar", "--out", str(root / "tok")]) == 0
-    assert main(["train", "rar", "--preset", "tiny-rar", "--tokenizer", str(root / "tok"),
-                 "--plant", "20", "--copies", "30", "--num-train", "1000", "--out", str(root / "model")]) == 0
+    assert main(["train", "tokenizer", "--preset", "tiny-rar", "--steps", "200", "--out", str(root / "tok")]) == 0
+    assert main(["train", "rar", "--preset", "tiny-rar", "--tokenizer", str(root / "tok"), "--steps", "450",
+                 "--plant", "20", "--copies", "30", "--num-train", "300", "--out", str(root / "model")]) == 0
     return root
 
 
@@ -35,13 +37,13 @@ def test_planted_images_are_memorized_and_held_out_ones_are_not(trained: Path) -
 
 
 def test_the_attack_finds_planted_images_and_no_held_out_ones(trained: Path) -> None:
-    """The whole training set is scored (20 planted among 1,020) and only the top 2 per class are generated:
+    """The whole training set is scored (20 planted among 320) and only the top 2 per class are generated:
     the scorer must rank the planted images first for the attack to find them (a random ranking would
-    pick about 0.4 of them); held-out images are generated as controls."""
+    pick about 1.2 of them); held-out images are generated as controls."""
     out = trained / "extract"
     assert main(["extract", str(trained / "model"), "mnist", "--top", "2", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["scoring"]["scored"] == 1040 and s["candidates"] == 20
+    assert s["scoring"]["scored"] == 340 and s["candidates"] == 20
     g = s["by_group"]
     assert g["planted"]["candidates"] >= 18  # the scorer ranks planted images first
     assert g["planted"]["recall"] >= 0.7
