@@ -92,6 +92,9 @@ class UnitLayer:
       fc2 / attn.proj channels: the weight row and its bias). f = 0 removes the unit.
     - ``paper_params``: the paper's edit, the weight row that writes the unit, bias kept (for a
       GELU unit this is not a linear scaling: factor 0 leaves GELU(bias)).
+    - ``own_params``: every slice that belongs to unit u alone (what writes it and what reads it:
+      fc1 row and bias plus the reading column; LlamaGen's w1 and w3 rows plus the w2 column).
+      Unit-level injection fine-tunes exactly these; empty where a family does not say.
     """
 
     name: str
@@ -102,6 +105,7 @@ class UnitLayer:
     tap_input: bool
     exact_params: tuple[tuple[str, int], ...]
     paper_params: tuple[tuple[str, int], ...]
+    own_params: tuple[tuple[str, int], ...] = ()
 
 
 UNIT_KINDS = ("fc1", "fc2", "attn.proj")

@@ -311,11 +311,14 @@ class LlamaGenFamily(IAR):
                 if kind == "fc1":
                     out.append(UnitLayer(f"{ff}.w3", "fc1", i, a.ffn_hidden_dim, f"{ff}.w2", True,
                                          exact_params=((f"{ff}.w2.weight", 1),),
-                                         paper_params=((f"{ff}.w3.weight", 0),)))
+                                         paper_params=((f"{ff}.w3.weight", 0),),
+                                         own_params=((f"{ff}.w1.weight", 0), (f"{ff}.w3.weight", 0),
+                                                     (f"{ff}.w2.weight", 1))))
                 else:
                     mod = f"{ff}.w2" if kind == "fc2" else f"{attn}.wo"
                     out.append(UnitLayer(mod, kind, i, a.dim, mod, False,
-                                         exact_params=((f"{mod}.weight", 0),), paper_params=((f"{mod}.weight", 0),)))
+                                         exact_params=((f"{mod}.weight", 0),), paper_params=((f"{mod}.weight", 0),),
+                                         own_params=((f"{mod}.weight", 0),)))
         return out
 
 

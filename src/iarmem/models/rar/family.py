@@ -379,12 +379,14 @@ class RARFamily(IAR):
                     out.append(UnitLayer(
                         name=f"{b}.mlp.fc1", kind="fc1", block=i, width=U, tap_module=f"{b}.mlp.act",
                         tap_input=False, exact_params=((f"{b}.mlp.fc2.weight", 1),),
-                        paper_params=((f"{b}.mlp.fc1.weight", 0),)))
+                        paper_params=((f"{b}.mlp.fc1.weight", 0),),
+                        own_params=((f"{b}.mlp.fc1.weight", 0), (f"{b}.mlp.fc1.bias", 0), (f"{b}.mlp.fc2.weight", 1))))
                 else:
                     mod = f"{b}.mlp.fc2" if kind == "fc2" else f"{b}.attn.proj"
                     out.append(UnitLayer(
                         name=mod, kind=kind, block=i, width=C, tap_module=mod, tap_input=False,
-                        exact_params=((f"{mod}.weight", 0), (f"{mod}.bias", 0)), paper_params=((f"{mod}.weight", 0),)))
+                        exact_params=((f"{mod}.weight", 0), (f"{mod}.bias", 0)), paper_params=((f"{mod}.weight", 0),),
+                        own_params=((f"{mod}.weight", 0), (f"{mod}.bias", 0))))
         return out
 
     # ---- construction -------------------------------------------------------------------

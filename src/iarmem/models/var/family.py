@@ -221,12 +221,15 @@ class VARFamily(IAR):
                 if kind == "fc1":
                     out.append(UnitLayer(f"{p}.ffn.fc1", "fc1", i, blk.ffn.fc1.out_features, f"{p}.ffn.act", False,
                                          exact_params=((f"{p}.ffn.fc2.weight", 1),),
-                                         paper_params=((f"{p}.ffn.fc1.weight", 0),)))
+                                         paper_params=((f"{p}.ffn.fc1.weight", 0),),
+                                         own_params=((f"{p}.ffn.fc1.weight", 0), (f"{p}.ffn.fc1.bias", 0),
+                                                     (f"{p}.ffn.fc2.weight", 1))))
                 elif kind in ("fc2", "attn.proj"):
                     mod = f"{p}.ffn.fc2" if kind == "fc2" else f"{p}.attn.proj"
                     out.append(UnitLayer(mod, kind, i, C, mod, False,
                                          exact_params=((f"{mod}.weight", 0), (f"{mod}.bias", 0)),
-                                         paper_params=((f"{mod}.weight", 0),)))
+                                         paper_params=((f"{mod}.weight", 0),),
+                                         own_params=((f"{mod}.weight", 0), (f"{mod}.bias", 0))))
                 else:
                     raise ValueError(f"unknown unit kind {kind!r}; choose from fc1, fc2, attn.proj")
         return out

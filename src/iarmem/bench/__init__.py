@@ -1,0 +1,1 @@
+"""Ground truth for localizers: unit-level injection (INJ)."""
