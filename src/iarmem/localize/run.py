@@ -71,6 +71,7 @@ class LocalizeConfig:
     subset: str | None = None
     fraction: float | None = None
     per_class: int | None = None
+    ids: tuple[int, ...] | None = None  # exactly these dataset ids (the bench: training set + an injected image)
     bins: int | None = None
     batch_size: int = 8
     device: str = "cpu"
@@ -132,7 +133,12 @@ def prepare(cfg: LocalizeConfig, world: World) -> Setup:
     ds = open_dataset(cfg.data)
     plan = model_plan(cfg.model, ds)
     subset = cfg.subset or ("train" if plan is not None else "all")
-    ids = select_ids(ds, plan, subset, fraction=cfg.fraction, per_class=cfg.per_class, seed=cfg.seed)
+    if cfg.ids is not None:
+        subset, ids = "ids", np.unique(np.asarray(cfg.ids, dtype=np.int64))
+        if len(ids) and not 0 <= ids[0] <= ids[-1] < len(ds):
+            raise UserError(f"image ids must be in 0..{len(ds) - 1} for {ds.describe()}")
+    else:
+        ids = select_ids(ds, plan, subset, fraction=cfg.fraction, per_class=cfg.per_class, seed=cfg.seed)
     if len(ids) < 2:
         raise UserError(f"UnitMem compares images, but subset {subset!r} gives {len(ids)}; select at least 2 "
                         f"(raise --fraction / --per-class or use another --subset)")
@@ -188,6 +194,7 @@ def settings_of(cfg: LocalizeConfig, setup: Setup) -> dict[str, Any]:
             "views": list(setup.collector.views), "view_seed": setup.collector.seed, "view_source": setup.view_source,
             "keep_class_positions": cfg.keep_class_positions,
             "subset": setup.subset, "fraction": cfg.fraction, "per_class": cfg.per_class,
+            **({"ids": [int(i) for i in setup.ids]} if cfg.ids is not None else {}),
             "bins": setup.layout.num_bins, "batch_size": cfg.batch_size, "seed": cfg.seed, "dtype": cfg.dtype,
             "stat": cfg.stat, "lanes": cfg.lanes}
 

@@ -1,0 +1,180 @@
+"""The INJ stage of `iarmem bench`: inject held-out images, check the ground truth, score UnitMem on it.
+
+For every rate r and target image (held-out images of the model's plan, never trained on): a copy
+of the model learns the image through r % of the fc1 units of every block (``inject``); the
+ablation check runs (the units removed, and as many random units of the same layers removed);
+the injected model is written to a scratch folder and localized with UnitMem over the training
+set plus the target; each localizer reading is scored by recall of the injected units in its top
+k % for k = r and 2r. One JSON record per (r, image) is written as it finishes, so a killed run
+resumes where it stopped; the scratch folders are removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from iarmem.bench.inject import InjectConfig, check_ablation, inject, pick_units
+from iarmem.bench.score import READINGS, score_injection
+from iarmem.data import ImageDataset
+from iarmem.data.planting import Plan
+from iarmem.fileio import write_json
+from iarmem.localize.run import LocalizeConfig, localize
+from iarmem.mitigate.localization import load_localization
+from iarmem.models.base import IAR
+from iarmem.models.loading import save_model_folder
+from iarmem.progress import log
+from iarmem.tokens import load_views
+
+STATS = ("mean", "median")
+KEEP_IMAGES = 256
+
+
+@dataclass(frozen=True)
+class InjSettings:
+    rates: tuple[float, ...] = (0.5, 1.0, 2.0)  # percent of the fc1 units of every block
+    images: int = 3
+    stats: tuple[str, ...] = STATS
+    inject: InjectConfig = InjectConfig()
+    batch_size: int = 8
+
+
+def pick_targets(plan: Plan, count: int, seed: int) -> np.ndarray:
+    """``count`` held-out images (never trained on), seeded, in a fixed order."""
+    rng = np.random.default_rng([seed, 14])
+    return rng.choice(plan.heldout_ids, size=min(count, len(plan.heldout_ids)), replace=False).astype(np.int64)
+
+
+def _tokens(iar: IAR, ds: ImageDataset, ids: np.ndarray, seed: int) -> tuple[Any, torch.Tensor]:
+    with torch.no_grad():
+        x, y = load_views(iar, ds, ids, 0, seed)
+        return iar.tokenize(x), y
+
+
+def record_name(rate: float, image: int) -> str:
+    return f"r{rate:g}-img{image}.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """The trained model folder and dataset the bench starts from (scratch copies point back to them)."""
+
+    model_folder: Path
+    tokenizer_file: Path
+    data: str  # the dataset argument, as `iarmem localize` takes it
+    ds: ImageDataset
+    plan: Plan
+
+
+def run_inj(iar: IAR, src: Source, s: InjSettings, out: Path, seed: int) -> list[dict[str, Any]]:
+    """Every (rate, target) record, computing the missing ones; ``out`` / inj holds them."""
+    folder = out / "inj"
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = src.plan
+    targets = pick_targets(plan, s.images, seed)
+    keep_ids = np.random.default_rng([seed, 15]).choice(plan.train_ids, size=min(KEEP_IMAGES, len(plan.train_ids)),
+                                                         replace=False)
+    keep, keep_labels = _tokens(iar, src.ds, keep_ids, seed)
+    records = []
+    jobs = [(r, int(h)) for r in s.rates for h in targets]
+    for n, (rate, h) in enumerate(jobs, 1):
+        path = folder / record_name(rate, h)
+        if path.is_file():
+            records.append(json.loads(path.read_text()))
+            continue
+        log(f"bench inj: {n}/{len(jobs)} (r = {rate:g} %, image {h})")
+        records.append(_one(iar, src, keep, keep_labels, rate, h, s, folder, seed))
+        write_json(path, records[-1])
+    return records
+
+
+def _one(base: IAR, src: Source, keep: Any, keep_labels: torch.Tensor, rate: float, image: int, s: InjSettings,
+         folder: Path, seed: int) -> dict[str, Any]:
+    iar = copy.deepcopy(base, {id(base.tokenizer): base.tokenizer})
+    target, label = _tokens(iar, src.ds, np.array([image]), seed)
+    units = pick_units(iar, rate / 100, np.random.default_rng([seed, image, round(rate * 1000)]))
+    res = inject(iar, target, label, keep, keep_labels, units, s.inject)
+    rec: dict[str, Any] = {"rate": rate, "image": image, "label": int(label), **res.as_dict(),
+                           "ablation": check_ablation(iar, target, label, units, np.random.default_rng([seed, image]))}
+    if not res.extracted:
+        return rec
+    scratch = folder / f"scratch-r{rate:g}-img{image}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        model_dir = save_model_folder(iar, scratch / "model", tokenizer_file=src.tokenizer_file,
+                                      extra=_training_fields(src.model_folder))
+        ids = tuple(int(i) for i in np.union1d(src.plan.train_ids, [image]))
+        for stat in s.stats:
+            loc_dir = scratch / f"loc-{stat}"
+            localize(LocalizeConfig(model=str(model_dir), data=src.data, out=str(loc_dir), ids=ids, stat=stat,
+                                    batch_size=s.batch_size, seed=seed))
+            rec[f"unitmem_{stat}"] = score_injection(load_localization(loc_dir), image, units, (rate, 2 * rate))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rec
+
+
+def _training_fields(model_folder: Path) -> dict[str, Any]:
+    """model.json fields that say which views the model was trained on (localize reads them)."""
+    info = json.loads((model_folder / "model.json").read_text())
+    return {k: v for k, v in info.items() if k in ("training_views", "preset")}
+
+
+def bootstrap_interval(values: Sequence[float], seed: int, draws: int = 2000) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean (over images)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    means = v[np.random.default_rng(seed).integers(0, len(v), (draws, len(v)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize_inj(records: list[dict[str, Any]], s: InjSettings, seed: int) -> dict[str, Any]:
+    """Per rate: injection success, the ablation check, and per localizer reading the recall at k = r, 2r."""
+    rows = []
+    for rate in s.rates:
+        rs = [r for r in records if r["rate"] == rate]
+        ok = [r for r in rs if r["extracted"]]
+        row: dict[str, Any] = {
+            "rate": rate, "images": len(rs), "injected": len(ok),
+            "steps_median": float(np.median([r["steps"] for r in ok])) if ok else None,
+            "ablated_agreement": float(np.mean([r["ablation"]["ablated"] for r in ok])) if ok else None,
+            "random_ablated_agreement": float(np.mean([np.mean(r["ablation"]["random"]) for r in ok])) if ok else None,
+            "ablation_removes": int(sum(r["ablation"]["ablated"] <= s.inject.bar for r in ok)),
+            "random_removes": int(sum(np.mean(r["ablation"]["random"]) <= s.inject.bar for r in ok)),
+            "keep_loss_change": float(np.mean([r["keep_loss_after"] - r["keep_loss_before"] for r in ok])) if ok
+            else None,
+            "localizers": {},
+        }
+        for stat in s.stats:
+            for reading in READINGS:
+                for k in (rate, 2 * rate):
+                    vals = [r[f"unitmem_{stat}"][f"{reading}_recall_at_{k:g}"] for r in ok if f"unitmem_{stat}" in r]
+                    lo, hi = bootstrap_interval(vals, seed)
+                    row["localizers"][f"unitmem-{stat}/{reading}@{k:g}"] = {
+                        "recall": float(np.mean(vals)) if vals else None, "ci95": [lo, hi], "n": len(vals),
+                        "random": k / 100}
+        rows.append(row)
+    return {"inj": rows}
+
+
+def inj_table(summary: dict[str, Any]) -> str:
+    """Markdown: one line per (rate, localizer reading, k)."""
+    lines = ["| r % | injected | ablation removes / random removes | localizer | k % | recall (95 % CI) | random |",
+             "|---|---|---|---|---|---|---|"]
+    for row in summary["inj"]:
+        head = (f"| {row['rate']:g} | {row['injected']} / {row['images']} | "
+                f"{row['ablation_removes']} / {row['random_removes']} |")
+        for name, v in row["localizers"].items():
+            loc, k = name.split("@")
+            rec = "-" if v["recall"] is None else f"{v['recall']:.3f} ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})"
+            lines.append(f"{head} {loc} | {k} | {rec} | {v['random']:.3f} |")
+    return "\n".join(lines) + "\n"

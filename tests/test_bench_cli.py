@@ -1,0 +1,88 @@
+"""`iarmem bench`: the INJ stage end to end on a small model folder, its resume, and its bad input.
+
+The model is a briefly trained tiny-var (non-zero biases) saved as `iarmem train` would, with a
+planting manifest over 10 ordinary and 2 planted MNIST images (so localization is quick). The
+injection itself is tested on learned behaviour in test_bench_inject.py; here the wiring: records,
+the ablation check, UnitMem scored on the injected model, the summary, resume and refusals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from trained import briefly_trained
+
+from iarmem.cli import main
+from iarmem.data import bundled_mnist, make_plan, write_manifest
+from iarmem.models.loading import save_model_folder
+
+pytestmark = pytest.mark.all_threads
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    iar = briefly_trained("tiny-var", steps=25)
+    folder = save_model_folder(iar, tmp_path_factory.mktemp("bench") / "model", preset="tiny-var",
+                               extra={"training_views": {"views": 1, "seed": 0}})
+    ds = bundled_mnist()
+    write_manifest(make_plan(ds.labels, num_train=10, plant=2, copies=2, seed=0, dataset=ds.describe()),
+                   folder / "manifest.json")
+    return folder
+
+
+def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    argv = ["bench", str(model_dir), "mnist", "--rates", "5", "--images", "1", "--stats", "mean", "--steps", "300",
+            "--out", str(out)]
+    assert main(argv) == 0
+    (rec_file,) = (out / "inj").glob("*.json")
+    rec = json.loads(rec_file.read_text())
+    assert rec["extracted"] and rec["agreement"] > 0.9 >= rec["agreement_before"], rec
+    assert rec["ablation"]["ablated"] < 0.9 < min(rec["ablation"]["random"]), rec["ablation"]
+    score = rec["unitmem_mean"]
+    assert score["global_named"] == 4 * 512 and 0 <= score["global_recall_at_5"] <= 1
+    assert score["random_recall_at_5"] == pytest.approx(0.05)
+    s = json.loads((out / "summary.json").read_text())
+    (row,) = s["inj"]
+    assert row["injected"] == 1 and row["ablation_removes"] == 1 and row["random_removes"] == 0
+    assert row["localizers"]["unitmem-mean/global@5"]["recall"] == score["global_recall_at_5"]
+    assert not list((out / "inj").glob("scratch-*")), "scratch models and localizations must be removed"
+    assert "unitmem-mean/global" in capsys.readouterr().out
+
+    # resume: a finished record is read, not recomputed (a changed record file shows through)
+    rec["agreement"] = 0.95
+    rec_file.write_text(json.dumps(rec))
+    (out / "run.json").write_text((out / "run.json").read_text().replace('"finished"', '"running"'))
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads(rec_file.read_text())["agreement"] == 0.95
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--stats", "mode"], "--stats"),
+    (["--rates", "0"], "--rates"),
+    (["--images", "0"], "--images"),
+    (["--steps", "0"], "--steps"),
+])
+def test_bad_input_is_one_line_and_exit_2(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          extra: list[str], message: str) -> None:
+    out = tmp_path / "bad"
+    assert main(["bench", str(model_dir), "mnist", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_a_model_without_held_out_images_is_refused(model_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("model.json", "model.safetensors", "tokenizer.safetensors"):
+        (plain / name).write_bytes((model_dir / name).read_bytes())
+    assert main(["bench", str(plain), "mnist", "--out", str(tmp_path / "x")]) == 2
+    assert "no held-out images" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["bench", "tiny-var", "mnist", "--out", str(tmp_path / "y")]) == 2
+    assert "not a model folder" in capsys.readouterr().err and not (tmp_path / "y").exists()
