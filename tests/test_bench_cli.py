@@ -36,8 +36,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
-    argv = ["bench", str(model_dir), "mnist", "--rates", "5", "--images", "1", "--stats", "mean", "--steps", "300",
-            "--out", str(out)]
+    argv = ["bench", str(model_dir), "mnist", "--stages", "inj", "--rates", "5", "--images", "1", "--stats", "mean",
+            "--steps", "300", "--out", str(out)]
     assert main(argv) == 0
     (rec_file,) = (out / "inj").glob("*.json")
     rec = json.loads(rec_file.read_text())
@@ -66,6 +66,9 @@ def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys:
     (["--rates", "0"], "--rates"),
     (["--images", "0"], "--images"),
     (["--steps", "0"], "--steps"),
+    (["--stages", "inj,dell"], "--stages"),
+    (["--budgets", "0"], "--budgets"),
+    (["--controls", "0"], "--controls"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           extra: list[str], message: str) -> None:
@@ -86,3 +89,16 @@ def test_a_model_without_held_out_images_is_refused(model_dir: Path, tmp_path: P
     assert "no held-out images" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["bench", "tiny-var", "mnist", "--out", str(tmp_path / "y")]) == 2
     assert "not a model folder" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_del_localizes_the_model_and_judges_only_memorized_images(model_dir: Path, tmp_path: Path) -> None:
+    """The random-token model memorized none of its planted MNIST images: DEL says so and edits nothing."""
+    out = tmp_path / "del"
+    assert main(["bench", str(model_dir), "mnist", "--stages", "del", "--budgets", "5", "--controls", "1",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "del.json").read_text())
+    assert result["reference"]["candidates"] == 2 and result["reference"]["memorized"] == []
+    assert result["records"] == []
+    assert json.loads((out / "localize" / "run.json").read_text())["status"] == "finished"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["del"]["memorized"] == 0 and "inj" not in s

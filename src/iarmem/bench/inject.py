@@ -108,12 +108,17 @@ def _only(iar: IAR, keys: set[str]) -> Iterator[list[torch.nn.Parameter]]:
 
 
 @torch.no_grad()
-def agreement(iar: IAR, target: Tokens, label: Tensor, prefix: int | None = None) -> float:
-    """Token agreement of the greedy generation from the target's prefix with the target, after the prefix."""
+def agreements(iar: IAR, targets: Tokens, labels: Tensor, prefix: int | None = None) -> Tensor:
+    """[N]: token agreement of each greedy generation from its target's prefix with the target, after the prefix."""
     prefix = default_prefix(iar) if prefix is None else prefix
     start = prefix_tokens(iar, prefix)
-    gen = generate_batch(iar, target, label, prefix).ids_BL.cpu()
-    return float((gen[:, start:] == target.ids_BL.cpu()[:, start:]).float().mean())
+    gen = generate_batch(iar, targets, labels, prefix).ids_BL.cpu()
+    return (gen[:, start:] == targets.ids_BL.cpu()[:, start:]).float().mean(1)
+
+
+def agreement(iar: IAR, target: Tokens, label: Tensor, prefix: int | None = None) -> float:
+    """The agreement of one target (the mean over several)."""
+    return float(agreements(iar, target, label, prefix).mean())
 
 
 @torch.no_grad()

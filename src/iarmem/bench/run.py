@@ -1,4 +1,5 @@
-"""The INJ stage of `iarmem bench`: inject held-out images, check the ground truth, score UnitMem on it.
+"""The stages of `iarmem bench`. INJ: inject held-out images, check the ground truth, score UnitMem on it.
+DEL: remove the units UnitMem names for each memorized image, against random units (``deletion.py``).
 
 For every rate r and target image (held-out images of the model's plan, never trained on): a copy
 of the model learns the image through r % of the fc1 units of every block (``inject``); the
@@ -14,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from iarmem.bench.deletion import DelSettings, run_deletion
 from iarmem.bench.inject import InjectConfig, check_ablation, inject, pick_units
-from iarmem.bench.score import READINGS, score_injection
+from iarmem.bench.score import READINGS, bootstrap_interval, score_injection
 from iarmem.data import ImageDataset
 from iarmem.data.planting import Plan
 from iarmem.fileio import write_json
@@ -128,15 +129,6 @@ def _training_fields(model_folder: Path) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k in ("training_views", "preset")}
 
 
-def bootstrap_interval(values: Sequence[float], seed: int, draws: int = 2000) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean (over images)."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    means = v[np.random.default_rng(seed).integers(0, len(v), (draws, len(v)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def summarize_inj(records: list[dict[str, Any]], s: InjSettings, seed: int) -> dict[str, Any]:
     """Per rate: injection success, the ablation check, and per localizer reading the recall at k = r, 2r."""
     rows = []
@@ -177,4 +169,43 @@ def inj_table(summary: dict[str, Any]) -> str:
             loc, k = name.split("@")
             rec = "-" if v["recall"] is None else f"{v['recall']:.3f} ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})"
             lines.append(f"{head} {loc} | {k} | {rec} | {v['random']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+DEL_FILE = "del.json"
+
+
+def run_del(iar: IAR, src: Source, s: DelSettings, out: Path, seed: int, batch_size: int) -> dict[str, Any]:
+    """The DEL stage: UnitMem of the unedited model (``out``/localize, resumable), then every deletion."""
+    path = out / DEL_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    loc_dir = out / "localize"
+    log("bench del: localizing the unedited model")
+    localize(LocalizeConfig(model=str(src.model_folder), data=src.data, out=str(loc_dir), batch_size=batch_size,
+                            seed=seed, resume=(loc_dir / "run.json").is_file()))
+    planted = src.plan.planted_ids
+    tokens, labels = _tokens(iar, src.ds, planted, seed)
+    held, held_labels = _tokens(iar, src.ds, src.plan.heldout_ids, seed)
+    log(f"bench del: {len(planted)} planted images x {len(s.budgets)} budgets x (1 + {s.controls} controls)")
+    result = run_deletion(iar, load_localization(loc_dir), planted, tokens, labels, held, held_labels, s, seed)
+    write_json(path, result)
+    return result
+
+
+def del_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per budget, the localizer against the random controls."""
+    lines = ["| budget % | units (mean) | self removed: UnitMem (95 % CI) | self removed: random | "
+             "neg removed: UnitMem | neg removed: random | held-out loss change: UnitMem | random |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        a, r = row.get("localizer"), row.get("random")
+        if a is None or r is None:
+            continue
+        ci = a["self_removed_ci95"]
+        neg = "-" if a["neg_removed"] is None else f"{a['neg_removed']:.2f}"
+        rneg = "-" if r["neg_removed"] is None else f"{r['neg_removed']:.2f}"
+        lines.append(f"| {row['budget']:g} | {a['units_mean']:.1f} | {a['self_removed']:.2f} "
+                     f"({ci[0]:.2f}-{ci[1]:.2f}) | {r['self_removed']:.2f} | {neg} | {rneg} | "
+                     f"{a['heldout_loss_change']:+.3f} | {r['heldout_loss_change']:+.3f} |")
     return "\n".join(lines) + "\n"

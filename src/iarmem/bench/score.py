@@ -13,6 +13,8 @@ A random ranking recalls k % in expectation (the baseline printed beside every f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from iarmem.localize.summary import percent_count
@@ -55,3 +57,12 @@ def score_injection(loc: Localization, image_id: int, units: dict[str, tuple[int
     for k in ks:
         out[f"random_recall_at_{k:g}"] = k / 100.0
     return out
+
+
+def bootstrap_interval(values: Sequence[float], seed: int, draws: int = 2000) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean (over images)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    means = v[np.random.default_rng(seed).integers(0, len(v), (draws, len(v)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))

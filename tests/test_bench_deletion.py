@@ -1,0 +1,62 @@
+"""Causal deletion on a model whose memorized image sits in known units.
+
+An unseen sequence is injected into a briefly trained tiny-var through units A; a localization that
+names A for it is the perfect localizer. DEL must then report: removing its units removes the copy
+(self), as many random units of the same layers do not, and a candidate the model never memorized
+is left out of the judged set. (Two injected images are not independent enough for a neg test: the
+second injection, keeping the first copy in its batches, makes its units carry part of the first.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from trained import briefly_trained
+
+from iarmem.bench.deletion import DelSettings, run_deletion, summarize_deletion
+from iarmem.bench.inject import InjectConfig, inject, pick_units, random_like
+from iarmem.mitigate.localization import LayerInfo, Localization
+from iarmem.models import Tokens
+
+pytestmark = pytest.mark.all_threads
+
+
+def _perfect(iar, owners: dict[int, dict[str, tuple[int, ...]]]) -> Localization:
+    layers = tuple(LayerInfo(la.name, "fc1", la.block, la.width) for la in iar.unit_layers(("fc1",)))
+    um = {la.name: np.zeros((1, la.width), np.float32) for la in layers}
+    am = {la.name: np.full((1, la.width), 999, np.int64) for la in layers}
+    for rank, (image, units) in enumerate(owners.items()):
+        for name, idx in units.items():
+            um[name][0, list(idx)] = 1.0 - 0.1 * rank
+            am[name][0, list(idx)] = image
+    return Localization(None, {}, {}, layers, um, am, np.array(sorted(owners) + [999]), ("all",))
+
+
+def test_deleting_an_images_units_removes_it_and_random_units_do_not() -> None:
+    torch.manual_seed(0)
+    iar = briefly_trained("tiny-var")
+    g = torch.Generator().manual_seed(5)
+    keep = Tokens(torch.randint(0, iar.vocab_size, (32, iar.seq_len), generator=g), iar.grids)
+    keep_labels = torch.randint(0, iar.num_classes, (32,), generator=g)
+    seqs = Tokens(torch.randint(0, iar.vocab_size, (2, iar.seq_len), generator=g), iar.grids)
+    labels = torch.tensor([3, 7])
+    rng = np.random.default_rng(0)
+    a = pick_units(iar, 0.02, rng)
+    one = Tokens(seqs.ids_BL[:1], iar.grids)
+    assert inject(iar, one, labels[:1], keep, keep_labels, a, InjectConfig(steps=400)).extracted
+    held = Tokens(keep.ids_BL[:4], iar.grids)
+
+    loc = _perfect(iar, {10: a, 20: random_like(iar, a, rng)})
+    result = run_deletion(iar, loc, np.array([10, 20]), seqs, labels, held, keep_labels[:4],
+                          DelSettings(budgets=(2.0,), controls=3), seed=0)
+    assert result["reference"]["memorized"] == [10]  # the second sequence was never learned
+    by = {(r["image"], r["variant"]): r for r in result["records"]}
+    assert {image for image, _ in by} == {10}
+    mine = by[(10, "localizer")]
+    assert mine["units"] == 40 and mine["self_kept"] == 0.0 and np.isnan(mine["neg_kept"]), mine
+    assert mine["self_agreement"] < 0.5
+    assert all(by[(10, f"random{c}")]["self_kept"] == 1.0 for c in range(3))
+    (row,) = summarize_deletion(result, (2.0,), seed=0)
+    assert row["localizer"]["self_removed"] == 1.0 and row["localizer"]["neg_removed"] is None
+    assert row["random"]["self_removed"] == 0.0 and row["random"]["images"] == 1
