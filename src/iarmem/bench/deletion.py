@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from iarmem.bench.inject import agreements, random_like
+from iarmem.bench.inject import agreements, random_like, teacher_forced_loss
 from iarmem.bench.score import bootstrap_interval, ranking
 from iarmem.localize.summary import percent_count
 from iarmem.mitigate.edit import temporary_edit
@@ -37,19 +37,13 @@ class DelSettings:
     reading: str = "per_image"
 
 
-@torch.no_grad()
-def _loss(iar: IAR, tokens: Tokens, labels: Tensor) -> float:
-    logits = iar.logits(tokens, labels)
-    return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens.ids_BL.flatten().long()))
-
-
 def _measure(iar: IAR, mem: Tokens, mem_labels: Tensor, i: int, held: Tokens, held_labels: Tensor,
              bar: float) -> dict[str, float]:
     agree = agreements(iar, mem, mem_labels)
     others = torch.cat([agree[:i], agree[i + 1:]])
     return {"self_agreement": float(agree[i]), "self_kept": float(agree[i] > bar),
             "neg_kept": float((others > bar).float().mean()) if len(others) else float("nan"),
-            "heldout_loss": _loss(iar, held, held_labels)}
+            "heldout_loss": teacher_forced_loss(iar, held, held_labels)}
 
 
 def run_deletion(iar: IAR, loc: Localization, ids: np.ndarray, tokens: Tokens, labels: Tensor, held: Tokens,
@@ -64,7 +58,7 @@ def run_deletion(iar: IAR, loc: Localization, ids: np.ndarray, tokens: Tokens, l
     mem_ids, mem = ids[keep.numpy()], Tokens(tokens.ids_BL[keep], iar.grids)
     mem_labels = labels[keep]
     reference = {"memorized": [int(x) for x in mem_ids], "candidates": len(ids),
-                 "heldout_loss": _loss(iar, held, held_labels)}
+                 "heldout_loss": teacher_forced_loss(iar, held, held_labels)}
     records = []
     for i, image in enumerate(mem_ids.tolist()):
         scores, order = ranking(loc, image, s.reading)

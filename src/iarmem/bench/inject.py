@@ -122,7 +122,8 @@ def agreement(iar: IAR, target: Tokens, label: Tensor, prefix: int | None = None
 
 
 @torch.no_grad()
-def _loss(iar: IAR, tokens: Tokens, labels: Tensor) -> float:
+def teacher_forced_loss(iar: IAR, tokens: Tokens, labels: Tensor) -> float:
+    """Mean cross-entropy of the tokens under a teacher-forced conditional pass (no label dropout)."""
     logits = iar.logits(tokens, labels)
     return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens.ids_BL.flatten().long()))
 
@@ -138,7 +139,7 @@ def inject(iar: IAR, target: Tokens, label: Tensor, keep: Tokens, keep_labels: T
     masks = _masks(iar, units)
     gen = torch.Generator().manual_seed(cfg.seed)
     before = agreement(iar, target, label)
-    keep_before = _loss(iar, keep, keep_labels)
+    keep_before = teacher_forced_loss(iar, keep, keep_labels)
     originals = {k: p.detach().clone() for k, p in iar.model.named_parameters() if k in masks}
     tgt = Tokens(target.ids_BL.repeat(cfg.target_copies, 1), iar.grids)
     tgt_labels = label.reshape(1).repeat(cfg.target_copies)
@@ -166,7 +167,7 @@ def inject(iar: IAR, target: Tokens, label: Tensor, keep: Tokens, keep_labels: T
                 extracted = now > cfg.bar
     if not math.isfinite(now):
         raise FloatingPointError("the injection diverged (NaN agreement); lower the learning rate")
-    return Injection(units, steps, extracted, before, now, keep_before, _loss(iar, keep, keep_labels))
+    return Injection(units, steps, extracted, before, now, keep_before, teacher_forced_loss(iar, keep, keep_labels))
 
 
 def check_ablation(iar: IAR, target: Tokens, label: Tensor, units: Units, rng: np.random.Generator,
