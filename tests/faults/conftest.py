@@ -94,7 +94,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     (ck / "truncated.safetensors").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     torch.save(sd, ck / "full.pth")
     (ck / "truncated.pth").write_bytes((ck / "full.pth").read_bytes()[:50_000])
-    (ck / "text.pth").write_text("this is not a checkpoint\n")
+    (ck / "text.pth").write_text("checkpoint notes: this is text, not a checkpoint\n")  # "c" reads as GLOBAL
     nan_sd = dict(sd)
     key = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 1)
     nan_sd[key] = sd[key].clone()

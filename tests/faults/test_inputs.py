@@ -83,6 +83,7 @@ def _ck(fault: str) -> Callable[[Inputs], Path]:
 CKPT_FAULTS = ["empty", "truncated", "truncated-pth", "not-a-checkpoint", "nan", "pickle", "pickle-zip",
                "other-family", "other-size", "missing", "directory"]
 CKPT_WORDS = {"empty": "empty", "truncated": "truncated", "truncated-pth": "truncated", "nan": "NaN",
+              "not-a-checkpoint": "is text",
               "pickle": "refusing", "pickle-zip": "refusing", "other-family": "does not fit",
               "other-size": "does not fit", "missing": "not found", "directory": "directory"}
 

@@ -43,7 +43,24 @@ def check_path(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def _check_torch_format(p: Path, what: str) -> None:
+    """A torch file is a zip archive (torch.save since 1.6) or a pickle (first byte PROTO, 0x80).
+
+    Anything else is not a checkpoint; said before the unpickler reads text as opcodes (a text file
+    starting with "c" reads as a GLOBAL opcode and would be reported as a pickle holding objects).
+    """
+    with open(p, "rb") as f:
+        head = f.read(64)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # a zip (maybe truncated: said later) or a pickle
+        return
+    printable = head and all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    kind = f"text ({head.decode('ascii').splitlines()[0][:40]!r} ...)" if printable else "of an unknown format"
+    raise UserError(f"{what} {p} is not a PyTorch checkpoint: the file is {kind}; pass a .pth / .pt / .bin "
+                    f"written by torch.save, or a .safetensors file")
+
+
 def _torch_load(p: Path, what: str) -> Any:
+    _check_torch_format(p, what)
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
