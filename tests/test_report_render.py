@@ -14,7 +14,7 @@ import torch
 from test_report_layout import demo_root, sweep_points, write_sweep
 
 from iarmem.cli import main
-from iarmem.mitigate.sweep import pareto_front
+from iarmem.mitigate.sweep import label_rows, pareto_front
 from iarmem.models import build
 from iarmem.models.loading import save_model_folder
 from iarmem.report import build_report
@@ -151,3 +151,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
     assert not list((tmp_path / "empty").glob("*.html"))
+
+
+def test_labels_of_coinciding_pareto_points_are_stacked() -> None:
+    """25%x0 top and random often land on the same (FID, extracted): their labels must not overprint."""
+    rows = [{"fid": 3.0, "extracted": 16}, {"fid": 5.27, "extracted": 0}, {"fid": 5.28, "extracted": 0},
+            {"fid": 5.27, "extracted": 0}, {"fid": 5.27, "extracted": 2}, {"fid": 7.0, "extracted": 0}]
+    assert label_rows(rows) == [0, 0, 1, 2, 0, 0]

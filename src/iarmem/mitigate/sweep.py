@@ -210,6 +210,15 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(front, key=lambda r: r["fid"])
 
 
+def label_rows(rows: list[dict[str, Any]], near: float = 0.03) -> list[int]:
+    """Per point, how many earlier points sit on it (same extracted count, FID within ``near`` of the FID
+    range): its label is stacked that many lines up, so coinciding points (25%x0 top and random) stay readable."""
+    fids = [r["fid"] for r in rows]
+    span = ((max(fids) - min(fids)) or 1.0) if fids else 1.0
+    return [sum(o["extracted"] == r["extracted"] and abs(o["fid"] - r["fid"]) <= near * span for o in rows[:i])
+            for i, r in enumerate(rows)]
+
+
 def pareto_plot(rows: list[dict[str, Any]], path: Path, feature_name: str) -> None:
     import matplotlib
 
@@ -220,7 +229,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, feature_name: str) -> No
              "lowest": ("^", "C2", "lowest-UnitMem units (control)")}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     seen = set()
-    for r in rows:
+    for r, line in zip(rows, label_rows(rows)):
         if r["kind"] == "edit":
             marker, color, label = style[r["control"]]
             text = f"{r['p']:g}%×{r['factor']:g}" + (" paper" if r.get("edit") == "paper" else "")
@@ -233,7 +242,8 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, feature_name: str) -> No
         ax.scatter(r["fid"], r["extracted"], marker=marker, color=color, s=120 if marker == "*" else 40,
                    label=None if label in seen else label, zorder=3)
         seen.add(label)
-        ax.annotate(text, (r["fid"], r["extracted"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(text, (r["fid"], r["extracted"]), textcoords="offset points", xytext=(4, 4 + 9 * line),
+                    fontsize=7)
     front = pareto_front(rows)
     ax.plot([r["fid"] for r in front], [r["extracted"] for r in front], "--", color="0.6", lw=1, zorder=1,
             label="Pareto front")
