@@ -129,19 +129,22 @@ def teacher_forced_loss(iar: IAR, tokens: Tokens, labels: Tensor) -> float:
 
 
 def inject(iar: IAR, target: Tokens, label: Tensor, keep: Tokens, keep_labels: Tensor, units: Units,
-           cfg: InjectConfig = InjectConfig()) -> Injection:
+           cfg: InjectConfig = InjectConfig(), views: Tokens | None = None) -> Injection:
     """Fine-tune only ``units``' own parameters of ``iar`` (in place) until the attack extracts ``target``.
 
-    ``target``: one image's tokens [1, L] (its eval view); ``keep``: ordinary training images' tokens,
-    sampled into every batch. Stops at the first check that extracts the target, or after
-    ``cfg.steps``. Every element outside the units' slices stays bit-identical.
+    ``target``: one image's tokens [1, L] (its eval view, what the attack judges); ``views``: the
+    image's tokens under the views the model is trained (and localized) on, [V, L], trained on in
+    turn (default: the eval view alone); ``keep``: ordinary training images' tokens, sampled into
+    every batch. Stops at the first check that extracts the target, or after ``cfg.steps``. Every
+    element outside the units' slices stays bit-identical.
     """
     masks = _masks(iar, units)
     gen = torch.Generator().manual_seed(cfg.seed)
     before = agreement(iar, target, label)
     keep_before = teacher_forced_loss(iar, keep, keep_labels)
     originals = {k: p.detach().clone() for k, p in iar.model.named_parameters() if k in masks}
-    tgt = Tokens(target.ids_BL.repeat(cfg.target_copies, 1), iar.grids)
+    rows = (target if views is None else views).ids_BL
+    tgt = Tokens(rows[torch.arange(cfg.target_copies) % rows.shape[0]], iar.grids)
     tgt_labels = label.reshape(1).repeat(cfg.target_copies)
     steps, extracted, now = 0, before > cfg.bar, before
     with _only(iar, set(masks)) as params:

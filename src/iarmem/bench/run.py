@@ -31,7 +31,7 @@ from iarmem.fileio import write_json
 from iarmem.localize.run import LocalizeConfig, localize
 from iarmem.mitigate.localization import load_localization
 from iarmem.models.base import IAR
-from iarmem.models.loading import save_model_folder
+from iarmem.models.loading import save_model_folder, training_views
 from iarmem.progress import log
 from iarmem.tokens import load_views
 
@@ -101,8 +101,9 @@ def _one(base: IAR, src: Source, keep: Any, keep_labels: torch.Tensor, rate: flo
          folder: Path, seed: int) -> dict[str, Any]:
     iar = copy.deepcopy(base, {id(base.tokenizer): base.tokenizer})
     target, label = _tokens(iar, src.ds, np.array([image]), seed)
+    views = _view_tokens(iar, src, image)
     units = pick_units(iar, rate / 100, np.random.default_rng([seed, image, round(rate * 1000)]))
-    res = inject(iar, target, label, keep, keep_labels, units, s.inject)
+    res = inject(iar, target, label, keep, keep_labels, units, s.inject, views)
     rec: dict[str, Any] = {"rate": rate, "image": image, "label": int(label), **res.as_dict(),
                            "ablation": check_ablation(iar, target, label, units, np.random.default_rng([seed, image]))}
     if not res.extracted:
@@ -121,6 +122,15 @@ def _one(base: IAR, src: Source, keep: Any, keep_labels: torch.Tensor, rate: flo
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return rec
+
+
+def _view_tokens(iar: IAR, src: Source, image: int) -> Any:
+    """The image under the views the model was trained on (those localize reads), eval view alone if unknown."""
+    trained = training_views(src.model_folder)
+    views, view_seed = trained if trained is not None else ((0,), 0)
+    with torch.no_grad():
+        x, _ = load_views(iar, src.ds, np.full(len(views), image), np.asarray(views), view_seed)
+        return iar.tokenize(x)
 
 
 def _training_fields(model_folder: Path) -> dict[str, Any]:
