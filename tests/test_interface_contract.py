@@ -83,7 +83,7 @@ def test_unit_layers_point_at_real_weights(iar: IAR) -> None:
     fc1 = iar.unit_layers()
     assert [lay.block for lay in fc1] == list(range(len(fc1)))
     for lay in iar.unit_layers(("fc1", "fc2", "attn.proj")):
-        for key, axis in lay.paper_params + lay.exact_params:
+        for key, axis in lay.paper_params + lay.exact_params + lay.own_params:
             assert sd[key].shape[axis] == lay.width, (lay.name, key)
 
 

@@ -151,12 +151,14 @@ def test_unit_layers(case) -> None:
         assert u.tap_module == f"layers.{i}.feed_forward.w2"
         assert u.paper_params == ((f"layers.{i}.feed_forward.w3.weight", 0),)
         assert u.exact_params == ((f"layers.{i}.feed_forward.w2.weight", 1),)
+        assert u.own_params == ((f"layers.{i}.feed_forward.w1.weight", 0), (f"layers.{i}.feed_forward.w3.weight", 0),
+                                (f"layers.{i}.feed_forward.w2.weight", 1))
     every = iar.unit_layers(UNIT_KINDS)
     assert len(every) == len(UNIT_KINDS) * a.n_layer
     modules = dict(iar.model.named_modules())
     for u in every:
         assert u.tap_module in modules
-        for key, axis in u.paper_params + u.exact_params:
+        for key, axis in u.paper_params + u.exact_params + u.own_params:
             assert sd[key].shape[axis] == u.width
     assert iar.unit_layer("layers.0.attention.wo").kind == "attn.proj"
     with pytest.raises(ValueError):

@@ -205,10 +205,12 @@ def test_unit_layers(case) -> None:
         assert u == UnitLayer(name=f"blocks.{i}.mlp.fc1", kind="fc1", block=i, width=cfg.intermediate_size,
                               tap_module=f"blocks.{i}.mlp.act", tap_input=False,
                               exact_params=((f"blocks.{i}.mlp.fc2.weight", 1),),
-                              paper_params=((f"blocks.{i}.mlp.fc1.weight", 0),))
+                              paper_params=((f"blocks.{i}.mlp.fc1.weight", 0),),
+                              own_params=((f"blocks.{i}.mlp.fc1.weight", 0), (f"blocks.{i}.mlp.fc1.bias", 0),
+                                          (f"blocks.{i}.mlp.fc2.weight", 1)))
     for u in iar.unit_layers(("fc1", "fc2", "attn.proj")):
         assert u.tap_module in modules
-        for key, axis in u.paper_params + u.exact_params:
+        for key, axis in u.paper_params + u.exact_params + u.own_params:
             assert sd[key].shape[axis] == u.width
         assert iar.unit_layer(u.name) == u
     with pytest.raises(ValueError):

@@ -88,7 +88,7 @@ def test_unit_layers_name_official_parameters(var: VARFamily) -> None:
     layers = var.unit_layers(("fc1", "fc2", "attn.proj"))
     assert [lay.name for lay in layers if lay.kind == "fc1"] == [f"blocks.{i}.ffn.fc1" for i in range(var.model.depth)]
     for lay in layers:
-        for key, axis in lay.paper_params + lay.exact_params:
+        for key, axis in lay.paper_params + lay.exact_params + lay.own_params:
             assert sd[key].shape[axis] == lay.width
     assert var.unit_layer("blocks.1.ffn.fc1").width == 4 * var.model.C
 
