@@ -54,9 +54,11 @@ def pick_targets(plan: Plan, count: int, seed: int) -> np.ndarray:
     return rng.choice(plan.heldout_ids, size=min(count, len(plan.heldout_ids)), replace=False).astype(np.int64)
 
 
-def _tokens(iar: IAR, ds: ImageDataset, ids: np.ndarray, seed: int) -> tuple[Any, torch.Tensor]:
+def _tokens(iar: IAR, ds: ImageDataset, ids: np.ndarray, seed: int,
+            views: int | np.ndarray = 0) -> tuple[Any, torch.Tensor]:
+    """Tokens and labels of ``ids`` at ``views`` (default the eval view)."""
     with torch.no_grad():
-        x, y = load_views(iar, ds, ids, 0, seed)
+        x, y = load_views(iar, ds, ids, views, seed)
         return iar.tokenize(x), y
 
 
@@ -128,9 +130,7 @@ def _view_tokens(iar: IAR, src: Source, image: int) -> Any:
     """The image under the views the model was trained on (those localize reads), eval view alone if unknown."""
     trained = training_views(src.model_folder)
     views, view_seed = trained if trained is not None else ((0,), 0)
-    with torch.no_grad():
-        x, _ = load_views(iar, src.ds, np.full(len(views), image), np.asarray(views), view_seed)
-        return iar.tokenize(x)
+    return _tokens(iar, src.ds, np.full(len(views), image), view_seed, np.asarray(views))[0]
 
 
 def _training_fields(model_folder: Path) -> dict[str, Any]:
