@@ -116,3 +116,28 @@ def test_plan_property(labels: np.ndarray, data: st.DataObject, seed: int) -> No
     assert len(plan.ordinary_ids) == (len(labels) - 2 * plant if num_train is None else num_train)
     counts = np.bincount(plan.train_index(), minlength=len(labels))
     assert (counts[plan.planted_ids] == copies).all() and (counts[plan.heldout_ids] == 0).all()
+
+
+def test_graded_planting_deals_levels_in_equal_shares_and_survives_the_manifest(tmp_path: Path) -> None:
+    levels = [1, 2, 4, 8, 16, 32]
+    plan = make_plan(LABELS, num_train=2500, plant=24, copies=levels, seed=3, dataset="MNIST-5k")
+    assert plan.levels == levels and plan.copies == 32
+    assert np.bincount(plan.planted_copies).tolist()[1:] == [4 if c in levels else 0 for c in range(1, 33)]
+    counts = np.bincount(plan.train_index(), minlength=len(LABELS))
+    assert np.array_equal(counts[plan.planted_ids], plan.planted_copies)  # each image its own level
+    assert (counts[plan.ordinary_ids] == 1).all() and (counts[plan.heldout_ids] == 0).all()
+    assert not np.array_equal(plan.planted_copies, np.sort(plan.planted_copies))  # dealt, not by id order
+    write_manifest(plan, tmp_path / "m.json")
+    back = read_manifest(tmp_path / "m.json")
+    assert np.array_equal(back.planted_copies, plan.planted_copies)
+    assert np.array_equal(back.train_index(), plan.train_index())
+    uniform = make_plan(LABELS, num_train=50, plant=6, copies=5, seed=3)
+    assert uniform.copies_each is None and uniform.levels == [5]
+    write_manifest(uniform, tmp_path / "u.json")
+    assert "copies_each" not in json.loads((tmp_path / "u.json").read_text())
+
+
+@pytest.mark.parametrize("copies", [[1, 2, 4, 8, 16], [0, 2]])
+def test_graded_planting_rejects_uneven_or_zero_levels(copies: list[int]) -> None:
+    with pytest.raises(UserError, match="copies|multiple"):
+        make_plan(LABELS, num_train=50, plant=6, copies=copies, seed=0)

@@ -32,6 +32,13 @@ _OVERRIDES = {"steps": int, "batch_size": int, "lr": float, "weight_decay": floa
               "grad_clip": float, "ema": float, "ckpt_every": int}
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a count or a comma list of counts, got {text!r}") from e
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", choices=TARGETS, help="what to train: a tokenizer, or the IAR of a family")
     p.add_argument("--preset", required=True, help="architecture preset, e.g. tiny-var (`iarmem models`)")
@@ -41,7 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=int, help="tokenizer training: use a class-balanced subset of this size")
     p.add_argument("--num-train", type=int, default=1000, help="IAR: ordinary training images (default 1000)")
     p.add_argument("--plant", type=int, default=20, help="IAR: number of planted images (default 20)")
-    p.add_argument("--copies", type=int, default=30, help="IAR: copies of each planted image per epoch (default 30)")
+    p.add_argument("--copies", type=_levels, default=(30,),
+                   help="IAR: copies of each planted image per epoch (default 30); a comma list (e.g. 1,2,4,8,16,32) "
+                        "plants at graded duplication, the planted images dealt to the levels in equal shares")
     p.add_argument("--views", type=int, default=4,
                    help="IAR: token views per image: the eval crop plus views-1 training augmentations (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the plan, batch order and augmentations")
@@ -101,10 +110,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("IAR training needs --tokenizer FOLDER (train one with `iarmem train tokenizer`)")
     cfg = _config(args, "iar")
     tok_file = load_tokenizer_folder(args.tokenizer, iar)  # a bad tokenizer fails before the run folder is made
-    plan = make_plan(ds.labels, num_train=args.num_train, plant=args.plant, copies=args.copies, seed=args.seed,
+    copies = args.copies[0] if len(args.copies) == 1 else list(args.copies)
+    plan = make_plan(ds.labels, num_train=args.num_train, plant=args.plant, copies=copies, seed=args.seed,
                      dataset=ds.describe())
     settings = {"target": args.target, "preset": args.preset, "data": ds.describe(), "num_train": args.num_train,
-                "plant": args.plant, "copies": args.copies, "views": args.views, "train": asdict(cfg)}
+                "plant": args.plant, "copies": copies, "views": args.views, "train": asdict(cfg)}
     run_ = start_run(args.out, "train", settings, inputs={"tokenizer": args.tokenizer, "tokenizer_file": tok_file,
                                                         "data": args.data}, seed=args.seed,
                      overwrite=args.overwrite, resume=args.resume)

@@ -4,6 +4,10 @@ K "planted" images are repeated ``copies`` times per epoch, so a small model mem
 held-out set of the same size and the same classes is never trained on, so any measurement
 (UnitMem, extraction) can be read as planted versus held-out, with the ordinary training images
 in between. The manifest records the split so every later stage uses the same ground truth.
+
+Graded planting (``copies`` a list of levels, e.g. 1, 2, 4, 8, 16, 32): the planted images are dealt
+to the levels in equal shares, so memorization can be read against duplication, as in real data
+where a few images recur many times and most once.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +43,23 @@ class Plan:
     seed: int
     num_images: int
     dataset: str = ""
+    copies_each: np.ndarray | None = None  # graded planting: copies of each planted image (aligned with planted_ids)
+
+    @property
+    def planted_copies(self) -> np.ndarray:
+        """Copies per epoch of each planted image (``copies`` for all unless graded)."""
+        if self.copies_each is not None:
+            return self.copies_each
+        return np.full(len(self.planted_ids), self.copies, dtype=np.int64)
+
+    @property
+    def levels(self) -> list[int]:
+        """The distinct duplication levels, ascending."""
+        return sorted({int(c) for c in self.planted_copies})
 
     def train_index(self) -> np.ndarray:
-        """Dataset ids of one epoch: ordinary ids once, planted ids ``copies`` times, shuffled by the seed."""
-        ids = np.concatenate([self.ordinary_ids, np.repeat(self.planted_ids, self.copies)])
+        """Dataset ids of one epoch: ordinary ids once, each planted id its copies times, shuffled by the seed."""
+        ids = np.concatenate([self.ordinary_ids, np.repeat(self.planted_ids, self.planted_copies)])
         return class_rng(self.seed, "train-order", 0).permutation(ids).astype(np.int64)
 
     @property
@@ -72,7 +90,7 @@ def make_plan(
     *,
     num_train: int | None,
     plant: int,
-    copies: int,
+    copies: int | Sequence[int],
     seed: int,
     dataset: str = "",
 ) -> Plan:
@@ -84,8 +102,12 @@ def make_plan(
     n = len(labels)
     if plant < 0:
         raise UserError(f"plant must be >= 0, got {plant}")
-    if copies < 1:
+    levels = [int(copies)] if isinstance(copies, int | np.integer) else [int(c) for c in copies]
+    if not levels or min(levels) < 1:
         raise UserError(f"copies must be >= 1, got {copies}; 1 means planted images are not repeated")
+    if len(levels) > 1 and plant % len(levels):
+        raise UserError(f"graded planting deals {plant} planted images to {len(levels)} duplication levels; "
+                        f"make --plant a multiple of {len(levels)}")
     if num_train is not None and num_train < 0:
         raise UserError(f"num_train must be >= 0 or None (all remaining images), got {num_train}")
     need = 2 * plant + (num_train or 0)
@@ -110,11 +132,20 @@ def make_plan(
         planted_labels=labels[planted],
         ordinary_labels=labels[ordinary],
         heldout_labels=labels[heldout],
-        copies=int(copies),
+        copies=max(levels),
         seed=int(seed),
         num_images=n,
         dataset=dataset,
+        copies_each=_deal(levels, planted, seed) if len(levels) > 1 else None,
     )
+
+
+def _deal(levels: list[int], planted: np.ndarray, seed: int) -> np.ndarray:
+    """Each planted image's level: a seeded deal of equal shares (aligned with the sorted planted ids)."""
+    order = class_rng(seed, "levels", 0).permutation(len(planted))
+    each = np.empty(len(planted), dtype=np.int64)
+    each[order] = np.resize(np.asarray(levels, dtype=np.int64), len(planted))
+    return each
 
 
 def _group(ids: np.ndarray, labels: np.ndarray) -> dict[str, list[int]]:
@@ -132,6 +163,7 @@ def write_manifest(plan: Plan, path: str | os.PathLike) -> None:
             "num_images": plan.num_images,
             "seed": plan.seed,
             "copies": plan.copies,
+            **({"copies_each": [int(c) for c in plan.copies_each]} if plan.copies_each is not None else {}),
             "planted": _group(plan.planted_ids, plan.planted_labels),
             "heldout": _group(plan.heldout_ids, plan.heldout_labels),
             "ordinary": _group(plan.ordinary_ids, plan.ordinary_labels),
@@ -173,7 +205,12 @@ def read_manifest(path: str | os.PathLike) -> Plan:
             seed=int(obj["seed"]),
             num_images=int(obj["num_images"]),
             dataset=str(obj.get("dataset", "")),
+            copies_each=(np.asarray(obj["copies_each"], dtype=np.int64).reshape(-1) if "copies_each" in obj
+                         else None),
         )
+        if plan.copies_each is not None and (len(plan.copies_each) != len(plan.planted_ids)
+                                             or plan.copies_each.min(initial=1) < 1):
+            raise ValueError(f"copies_each: {len(plan.copies_each)} levels for {len(plan.planted_ids)} planted ids")
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"planting manifest {path} is malformed ({e}); re-create it") from e
     all_ids = np.concatenate([plan.planted_ids, plan.ordinary_ids, plan.heldout_ids])
