@@ -69,6 +69,10 @@ def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys:
     (["--stages", "inj,dell"], "--stages"),
     (["--budgets", "0"], "--budgets"),
     (["--controls", "0"], "--controls"),
+    (["--stages", "paper", "--draws", "0"], "--draws"),
+    (["--stages", "paper", "--n-per-class", "1"], "--n-per-class"),
+    (["--stages", "dup", "--dup-levels", "4"], "--dup-levels"),
+    (["--stages", "dup", "--dup-ordinary", "5000"], "--dup-ordinary"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           extra: list[str], message: str) -> None:
@@ -102,3 +106,28 @@ def test_del_localizes_the_model_and_judges_only_memorized_images(model_dir: Pat
     assert json.loads((out / "localize" / "run.json").read_text())["status"] == "finished"
     s = json.loads((out / "summary.json").read_text())
     assert s["del"]["memorized"] == 0 and "inj" not in s
+
+
+def test_quick_runs_the_stages_and_reuses_the_model_it_trained(model_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cache, features = tmp_path / "models", tmp_path / "features"
+    argv = ["bench", str(model_dir), "mnist", "--quick", "--cache", str(cache), "--features-cache", str(features)]
+    # INJ's wiring is the test above (an injection costs most of a quick run); the other three here
+    assert main([*argv, "--stages", "del,paper,dup", "--out", str(tmp_path / "a")]) == 0
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert s["stages"] == ["del", "paper", "dup"] and "inj" not in s
+    assert s["del"]["unedited"]["fid"] > 0 and s["del"]["candidates"] == 2
+    assert [(r["p"], r["who"]) for r in s["paper"]] == [(0, "unedited"), (5, "top"), (5, "lowest"), (5, "random")]
+    assert len({r["units"] for r in s["paper"][1:]}) == 1  # the controls edit as many units as the top ones
+    dup = s["dup"]
+    assert [r["copies"] for r in dup["rows"]] == [0, 1, 8] and [r["images"] for r in dup["rows"]] == [4, 2, 2]
+    (trained,) = cache.iterdir()
+    assert json.loads((trained / "manifest.json").read_text())["copies_each"].count(8) == 2
+    assert (tmp_path / "a" / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    stamp = (trained / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*argv, "--stages", "dup", "--out", str(tmp_path / "b")]) == 0
+    assert "reusing" in capsys.readouterr().err
+    assert (trained / "model.safetensors").stat().st_mtime_ns == stamp and len(list(cache.iterdir())) == 1
+    again = json.loads((tmp_path / "b" / "summary.json").read_text())["dup"]["rows"]
+    assert again == dup["rows"]  # the same cached model measured again gives the same curve

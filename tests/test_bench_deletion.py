@@ -15,7 +15,7 @@ import torch
 from trained import briefly_trained
 
 from iarmem.bench.deletion import DelSettings, run_deletion, summarize_deletion
-from iarmem.bench.inject import InjectConfig, inject, pick_units, random_like
+from iarmem.bench.inject import InjectConfig, inject, pick_units, random_like, teacher_forced_loss
 from iarmem.mitigate.localization import LayerInfo, Localization
 from iarmem.models import Tokens
 
@@ -48,8 +48,17 @@ def test_deleting_an_images_units_removes_it_and_random_units_do_not() -> None:
     held = Tokens(keep.ids_BL[:4], iar.grids)
 
     loc = _perfect(iar, {10: a, 20: random_like(iar, a, rng)})
+    calls = []
+
+    def quality() -> dict:  # stands in for FID: a number that moves with the model as edited now
+        calls.append(1)
+        return {"fid": teacher_forced_loss(iar, seqs, labels), "class_accuracy": 0.5}
+
     result = run_deletion(iar, loc, np.array([10, 20]), seqs, labels, held, keep_labels[:4],
-                          DelSettings(budgets=(2.0,), controls=3), seed=0)
+                          DelSettings(budgets=(2.0,), controls=3), seed=0, quality=quality)
+    assert len(calls) == 3  # the unedited model, then the localizer's edit and the first random draw
+    ref = result["reference"]
+    assert ref["fid"] == pytest.approx(teacher_forced_loss(iar, seqs, labels)) and ref["class_accuracy"] == 0.5
     assert result["reference"]["memorized"] == [10]  # the second sequence was never learned
     by = {(r["image"], r["variant"]): r for r in result["records"]}
     assert {image for image, _ in by} == {10}
@@ -60,3 +69,7 @@ def test_deleting_an_images_units_removes_it_and_random_units_do_not() -> None:
     (row,) = summarize_deletion(result, (2.0,), seed=0)
     assert row["localizer"]["self_removed"] == 1.0 and row["localizer"]["neg_removed"] is None
     assert row["random"]["self_removed"] == 0.0 and row["random"]["images"] == 1
+    assert by[(10, "localizer")]["fid"] != ref["fid"]  # measured under the edit, not after it
+    assert "fid" in by[(10, "random0")] and "fid" not in by[(10, "random1")]
+    assert row["localizer"]["fid_change"] == pytest.approx(by[(10, "localizer")]["fid"] - ref["fid"])
+    assert row["localizer"]["quality_edits"] == 1 and row["localizer"]["class_accuracy_change"] == 0.0

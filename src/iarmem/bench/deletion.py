@@ -11,7 +11,7 @@ units of the same count should not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ class DelSettings:
     controls: int = 5  # random same-count, same-layer draws per (image, budget)
     bar: float = 0.9  # token agreement that counts as reproduced (the attack's absolute bar)
     reading: str = "per_image"
+    quality_images: int = 3  # FID / class accuracy for the first few images' edits (localizer and one random draw)
 
 
 def _measure(iar: IAR, mem: Tokens, mem_labels: Tensor, i: int, held: Tokens, held_labels: Tensor,
@@ -47,18 +48,22 @@ def _measure(iar: IAR, mem: Tokens, mem_labels: Tensor, i: int, held: Tokens, he
 
 
 def run_deletion(iar: IAR, loc: Localization, ids: np.ndarray, tokens: Tokens, labels: Tensor, held: Tokens,
-                 held_labels: Tensor, s: DelSettings, seed: int) -> dict[str, Any]:
+                 held_labels: Tensor, s: DelSettings, seed: int,
+                 quality: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Records per (memorized image, budget, variant) and the unedited reference.
 
     ``ids`` / ``tokens`` / ``labels``: the candidate images (planted); those the unedited model
-    reproduces are the memorized set every edit is judged on.
+    reproduces are the memorized set every edit is judged on. ``quality`` (FID, class accuracy of
+    the model as it is) runs on the unedited model and, for the first ``s.quality_images`` images,
+    on the localizer's edit and the first random draw at every budget.
     """
     base = agreements(iar, tokens, labels)
     keep = base > s.bar
     mem_ids, mem = ids[keep.numpy()], Tokens(tokens.ids_BL[keep], iar.grids)
     mem_labels = labels[keep]
     reference = {"memorized": [int(x) for x in mem_ids], "candidates": len(ids),
-                 "heldout_loss": teacher_forced_loss(iar, held, held_labels)}
+                 "heldout_loss": teacher_forced_loss(iar, held, held_labels),
+                 **(_quality(quality) if quality is not None else {})}
     records = []
     for i, image in enumerate(mem_ids.tolist()):
         scores, order = ranking(loc, image, s.reading)
@@ -74,8 +79,15 @@ def run_deletion(iar: IAR, loc: Localization, ids: np.ndarray, tokens: Tokens, l
             for name, chosen in variants:
                 with temporary_edit(iar, chosen, "exact", 0.0):
                     m = _measure(iar, mem, mem_labels, i, held, held_labels, s.bar)
+                    if quality is not None and i < s.quality_images and name in ("localizer", "random0"):
+                        m |= _quality(quality)
                 records.append({"image": image, "budget": b, "variant": name, "units": int(len(named)), **m})
     return {"reference": reference, "records": records}
+
+
+def _quality(quality: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    q = quality()
+    return {"fid": q["fid"], "class_accuracy": q["class_accuracy"]}
 
 
 def summarize_deletion(result: dict[str, Any], budgets: Sequence[float], seed: int) -> list[dict[str, Any]]:
@@ -103,6 +115,20 @@ def summarize_deletion(result: dict[str, Any], budgets: Sequence[float], seed: i
                 "neg_removed_ci95": list(bootstrap_interval(neg_removed, seed)) if neg_removed else None,
                 "heldout_loss_change": float(np.mean(dloss)),
                 "self_agreement": float(np.mean([r["self_agreement"] for r in rs])),
+                **_quality_change(rs, result["reference"], seed),
             }
         rows.append(row)
     return rows
+
+
+def _quality_change(rs: list[dict[str, Any]], reference: dict[str, Any], seed: int) -> dict[str, Any]:
+    """FID and class-accuracy change against the unedited model, over the records that measured them."""
+    q = [r for r in rs if "fid" in r]
+    if not q or "fid" not in reference:
+        return {}
+    dfid = [r["fid"] - reference["fid"] for r in q]
+    out: dict[str, Any] = {"quality_edits": len(q), "fid_change": float(np.mean(dfid)),
+                           "fid_change_ci95": list(bootstrap_interval(dfid, seed))}
+    if reference.get("class_accuracy") is not None:
+        out["class_accuracy_change"] = float(np.mean([r["class_accuracy"] - reference["class_accuracy"] for r in q]))
+    return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from iarmem.data import ImageDataset
 from iarmem.data.planting import Plan
 from iarmem.fileio import write_json
 from iarmem.localize.run import LocalizeConfig, localize
-from iarmem.mitigate.localization import load_localization
+from iarmem.mitigate.localization import Localization, load_localization
 from iarmem.models.base import IAR
 from iarmem.models.loading import save_model_folder, training_views
 from iarmem.progress import log
@@ -185,20 +186,28 @@ def inj_table(summary: dict[str, Any]) -> str:
 DEL_FILE = "del.json"
 
 
-def run_del(iar: IAR, src: Source, s: DelSettings, out: Path, seed: int, batch_size: int) -> dict[str, Any]:
-    """The DEL stage: UnitMem of the unedited model (``out``/localize, resumable), then every deletion."""
+def localize_model(src: Source, out: Path, seed: int, batch_size: int) -> Localization:
+    """UnitMem (mean) of the unedited model over its training set, in ``out``/localize (resumable, reused)."""
+    loc_dir = out / "localize"
+    if not (loc_dir / "unitmem.safetensors").is_file():
+        log("bench: localizing the unedited model")
+        localize(LocalizeConfig(model=str(src.model_folder), data=src.data, out=str(loc_dir), batch_size=batch_size,
+                                seed=seed, resume=(loc_dir / "run.json").is_file()))
+    return load_localization(loc_dir)
+
+
+def run_del(iar: IAR, src: Source, s: DelSettings, out: Path, seed: int, batch_size: int,
+            quality: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The DEL stage: UnitMem of the unedited model, then every deletion (``quality``: FID and class accuracy)."""
     path = out / DEL_FILE
     if path.is_file():
         return json.loads(path.read_text())
-    loc_dir = out / "localize"
-    log("bench del: localizing the unedited model")
-    localize(LocalizeConfig(model=str(src.model_folder), data=src.data, out=str(loc_dir), batch_size=batch_size,
-                            seed=seed, resume=(loc_dir / "run.json").is_file()))
+    loc = localize_model(src, out, seed, batch_size)
     planted = src.plan.planted_ids
     tokens, labels = _tokens(iar, src.ds, planted, seed)
     held, held_labels = _tokens(iar, src.ds, src.plan.heldout_ids, seed)
     log(f"bench del: {len(planted)} planted images x {len(s.budgets)} budgets x (1 + {s.controls} controls)")
-    result = run_deletion(iar, load_localization(loc_dir), planted, tokens, labels, held, held_labels, s, seed)
+    result = run_deletion(iar, loc, planted, tokens, labels, held, held_labels, s, seed, quality)
     write_json(path, result)
     return result
 
@@ -206,8 +215,9 @@ def run_del(iar: IAR, src: Source, s: DelSettings, out: Path, seed: int, batch_s
 def del_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per budget, the localizer against the random controls."""
     lines = ["| budget % | units (mean) | self removed: UnitMem (95 % CI) | self removed: random | "
-             "neg removed: UnitMem | neg removed: random | held-out loss change: UnitMem | random |",
-             "|---|---|---|---|---|---|---|---|"]
+             "neg removed: UnitMem | neg removed: random | held-out loss change: UnitMem | random | "
+             "FID change: UnitMem | random |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         a, r = row.get("localizer"), row.get("random")
         if a is None or r is None:
@@ -217,5 +227,10 @@ def del_table(rows: list[dict[str, Any]]) -> str:
         rneg = "-" if r["neg_removed"] is None else f"{r['neg_removed']:.2f}"
         lines.append(f"| {row['budget']:g} | {a['units_mean']:.1f} | {a['self_removed']:.2f} "
                      f"({ci[0]:.2f}-{ci[1]:.2f}) | {r['self_removed']:.2f} | {neg} | {rneg} | "
-                     f"{a['heldout_loss_change']:+.3f} | {r['heldout_loss_change']:+.3f} |")
+                     f"{a['heldout_loss_change']:+.3f} | {r['heldout_loss_change']:+.3f} | "
+                     f"{_change(a, 'fid_change')} | {_change(r, 'fid_change')} |")
     return "\n".join(lines) + "\n"
+
+
+def _change(row: dict[str, Any], key: str) -> str:
+    return "-" if row.get(key) is None else f"{row[key]:+.2f}"

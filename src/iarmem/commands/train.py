@@ -19,10 +19,10 @@ import torch
 
 from iarmem.data import balanced_subset, make_plan, open_dataset
 from iarmem.errors import UserError
-from iarmem.models.registry import build, get_preset
+from iarmem.models.registry import get_preset
 from iarmem.progress import log
 from iarmem.runs import start_run
-from iarmem.train.iar import train_iar
+from iarmem.train.iar import initial_model, train_iar
 from iarmem.train.loop import TrainConfig
 from iarmem.train.recipes import recipe
 from iarmem.train.tokenizer import load_tokenizer_folder, train_tokenizer
@@ -84,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
     _config(args, "tokenizer" if args.target == "tokenizer" else "iar")  # options out of range fail first
     torch.set_grad_enabled(True)
     ds = open_dataset(args.data, num_classes=None)
-    with torch.random.fork_rng(devices=[]):  # the initial weights are a function of --seed, like the rest
-        torch.manual_seed(int(np.random.default_rng([args.seed, 0x1417]).integers(2**62)))
-        iar = build(args.preset).to(args.device)
+    iar = initial_model(args.preset, args.seed, args.device)  # initial weights a function of --seed, like the rest
     if ds.labels.max() >= iar.num_classes:
         raise UserError(f"the dataset has {int(ds.labels.max()) + 1} classes but preset {args.preset} has "
                         f"{iar.num_classes}; use a preset with enough classes")

@@ -115,7 +115,8 @@ class SweepContext:
                                             seed=self.seed, show_progress=False)
 
 
-def _measure(ctx: SweepContext, attack: AttackSettings, noise: float = 0.0) -> dict[str, Any]:
+def measure_point(ctx: SweepContext, attack: AttackSettings, noise: float = 0.0) -> dict[str, Any]:
+    """The whole attack and the quality evaluation on ``ctx.iar`` as it is now (edited or not)."""
     summary = run_attack(ctx.iar, ctx.ds, ctx.plan, attack.replace(membership=False), extractors=ctx.extractors,
                          pool_cache=ctx.pool_cache)  # the sweep reads leak and quality, not membership
     sampling = default_sampling(ctx.iar)
@@ -124,7 +125,9 @@ def _measure(ctx: SweepContext, attack: AttackSettings, noise: float = 0.0) -> d
     q = evaluate_model(ctx.iar, None, ctx.features, ctx.n_per_class, ctx.seed, reference=ctx.reference,
                        settings=sampling, batch_size=ctx.batch_size, show_progress=False)
     rates = summary.get("rates", {})
+    planted = (summary.get("by_group") or {}).get("planted") or {}
     return {"extracted": summary["extracted"], "candidates": summary["candidates"],
+            "planted_extracted": planted.get("extracted"), "planted_generated": planted.get("generated"),
             "planted_rate": rates.get("planted"), "ordinary_rate": rates.get("ordinary"),
             "heldout_rate": rates.get("heldout"), "fid": q["fid"], "kid": q["kid_mean"],
             "precision": q["precision"], "recall": q["recall"], "class_accuracy": q["class_accuracy"],
@@ -139,12 +142,12 @@ def run_point(ctx: SweepContext, grid: SweepGrid, pt: dict[str, Any]) -> dict[st
             raise UserError("edit points need a localization run")
         sel = select_units(ctx.loc, pt["p"], grid.scope, grid.reduce, None, pt["control"], grid.seed)
         with temporary_edit(ctx.iar, sel.units, pt["edit"], pt["factor"]):
-            row.update(_measure(ctx, ctx.attack))
+            row.update(measure_point(ctx, ctx.attack))
         row["units"] = sel.count
     elif pt["kind"] == "noise":
-        row.update(_measure(ctx, ctx.attack.replace(logit_noise=pt["std"]), noise=pt["std"]))
+        row.update(measure_point(ctx, ctx.attack.replace(logit_noise=pt["std"]), noise=pt["std"]))
     else:
-        row.update(_measure(ctx, ctx.attack))
+        row.update(measure_point(ctx, ctx.attack))
     row["seconds"] = round(time.monotonic() - t0, 2)
     return row
 

@@ -20,6 +20,7 @@ from iarmem.data import ImageDataset, Plan, write_manifest
 from iarmem.fileio import atomic_path, write_json
 from iarmem.models.base import IAR, Tokens
 from iarmem.models.loading import TRAINING_VIEWS, save_model_folder
+from iarmem.models.registry import build
 from iarmem.tokens import tokenize_views
 from iarmem.train.loop import TrainConfig, Trainer
 from iarmem.train.tokenizer import reconstruction_psnr
@@ -132,3 +133,10 @@ def train_iar(iar: IAR, ds: ImageDataset, plan: Plan, cfg: TrainConfig, folder: 
     save_model_folder(iar, folder, preset=preset, extra={"dataset": plan.dataset, "manifest": MANIFEST_FILE,
                                                          TRAINING_VIEWS: {"views": views, "seed": cfg.seed}})
     return {"step": trainer.step, "finished": True, "evidence": evidence}
+
+
+def initial_model(preset: str, seed: int, device: str | torch.device = "cpu") -> IAR:
+    """A fresh model of ``preset`` whose initial weights are a function of ``seed`` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(np.random.default_rng([seed, 0x1417]).integers(2**62)))
+        return build(preset).to(device)
