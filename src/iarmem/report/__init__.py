@@ -2,7 +2,7 @@
 
 ``build_report(paths, title)`` returns the page; ``write_report(paths, out, title)`` writes it
 atomically. Sections: findings, models and data, UnitMem maps, extraction before / after
-mitigation, mitigation edits, the sweep, image quality, provenance. See docs/REPORT.md.
+mitigation, mitigation edits, the sweep, image quality, the localizer bench, provenance. See docs/REPORT.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from iarmem.fileio import write_text
-from iarmem.report import modeldata, sections
+from iarmem.report import bench, modeldata, sections
 from iarmem.report.discover import discover
 from iarmem.report.html import esc, page, section
 from iarmem.report.provenance import environment, provenance_section
@@ -32,6 +32,7 @@ def build_report(paths: list[str], title: str | None = None) -> str:
         ("edits", "Mitigation edits", sections.mitigation_section(groups)),
         ("sweep", "Leak against quality (sweep)", sections.sweep_section(groups)),
         ("image-quality", "Image quality", sections.quality_section(groups)),
+        ("bench", "Ground truth for localizers (bench)", bench.bench_section(groups)),
         ("runs", "Provenance: what made each number", provenance_section(runs, env, [g.key for g in groups])),
     ]
     stages = Counter(r.kind for r in runs)
