@@ -116,6 +116,7 @@ def test_quick_runs_the_stages_and_reuses_the_model_it_trained(model_dir: Path, 
     assert main([*argv, "--stages", "del,paper,dup", "--out", str(tmp_path / "a")]) == 0
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert s["stages"] == ["del", "paper", "dup"] and "inj" not in s
+    assert set(s["seconds"]) == {"del", "paper", "dup"} and min(s["seconds"].values()) > 0
     assert s["del"]["unedited"]["fid"] > 0 and s["del"]["candidates"] == 2
     assert [(r["p"], r["who"]) for r in s["paper"]] == [(0, "unedited"), (5, "top"), (5, "lowest"), (5, "random")]
     assert len({r["units"] for r in s["paper"][1:]}) == 1  # the controls edit as many units as the top ones

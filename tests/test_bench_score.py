@@ -46,3 +46,28 @@ def test_score_injection_reports_both_readings_and_chance() -> None:
     assert s["per_image_named"] == 3 and s["per_image_recall_at_10"] == 1.0  # both among its top 2
     assert s["global_recall_at_10"] == 0.0  # the global top 2 are b.9 and b.8
     assert s["random_recall_at_10"] == pytest.approx(0.1)
+
+
+def _scored(width: int, blocks: int, scores: dict[str, np.ndarray], owner: int) -> Localization:
+    layers = tuple(LayerInfo(f"blocks.{b}.mlp.fc1", "fc1", b, width) for b in range(blocks))
+    um = {la.name: scores[la.name][None].astype(np.float32) for la in layers}
+    am = {la.name: np.full((1, width), owner, np.int64) for la in layers}
+    return Localization(None, {}, {}, layers, um, am, np.array([owner]), ("all",))
+
+
+@pytest.mark.parametrize("k", [1.0, 2.0])
+def test_a_localizer_naming_the_injected_units_scores_1_and_a_random_one_scores_k_percent(k: float) -> None:
+    width, blocks, rate = 512, 4, 2.0
+    rng = np.random.default_rng(0)
+    recalls = []
+    for trial in range(200):
+        truth = {f"blocks.{b}.mlp.fc1": tuple(np.sort(rng.choice(width, int(width * rate / 100), replace=False)))
+                 for b in range(blocks)}
+        perfect = {n: np.isin(np.arange(width), u).astype(float) + rng.random(width) * 0.1 for n, u in truth.items()}
+        noise = {n: rng.random(width) for n in truth}
+        if trial < 3:
+            s = score_injection(_scored(width, blocks, perfect, 9), 9, truth, (k,))
+            want = min(1.0, k / rate)  # k < r names fewer units than were injected
+            assert s["global_recall_at_" + f"{k:g}"] == want and s["per_image_recall_at_" + f"{k:g}"] == want
+        recalls.append(score_injection(_scored(width, blocks, noise, 9), 9, truth, (k,))[f"global_recall_at_{k:g}"])
+    assert np.mean(recalls) == pytest.approx(k / 100, abs=0.004)  # chance: k % (200 draws of 40 units)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -211,9 +212,11 @@ def run(args: argparse.Namespace) -> int:
     src = Source(Path(args.model), Path(source.tokenizer_file), args.data, ds, plan)
     summary: dict = {"model": source.as_dict(), "stages": list(stages)}
     table = []
+    clock = StageClock()
     if "inj" in stages:
         summary |= summarize_inj(run_inj(iar, src, s, run_.path, args.seed), s, args.seed)
         table += ["## INJ: recall of the injected units\n", inj_table(summary)]
+        clock.done("inj")
     ctx = None
     if "del" in stages or "paper" in stages:
         cache = Path(args.features_cache) if args.features_cache else run_.file("features")
@@ -229,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
                           "candidates": result["reference"]["candidates"],
                           "unedited": {k: result["reference"].get(k) for k in ("fid", "class_accuracy")},
                           "rows": summarize_deletion(result, d.budgets, args.seed)}
+        clock.done("del")
         table += [f"\n## DEL: {summary['del']['memorized']} memorized of {summary['del']['candidates']} planted\n",
                   del_table(summary["del"]["rows"])]
     if "paper" in stages:
@@ -237,13 +241,16 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             rows = run_paper(ctx, tuple(args.tops), args.draws, run_.path, args.seed)
         summary["paper"] = summarize_paper(rows, args.seed)
+        clock.done("paper")
         table += ["\n## PAPER: UnitMem global top p % x 0.5 against its controls\n", paper_table(summary["paper"])]
     if dup is not None:
         cache = Path(args.cache) if args.cache else run_.file("models")
         result = run_dup(iar, info["preset"], ds, args.data, dup, run_.path, cache, args.seed)
         summary["dup"] = {k: v for k, v in result.items() if k != "records"}
+        clock.done("dup")
         table += [f"\n## DUP: memorization against duplication ({100 * result['planted_share']:.1f} % of samples "
                   f"planted)\n", dup_table(result["rows"])]
+    summary["seconds"] = clock.seconds  # wall time of each stage in this call (a resumed stage: what was left)
     write_json(run_.file(SUMMARY), summary)
     write_text(run_.file(TABLE), "\n".join(table))
     bench_figure(summary, run_.file(FIGURE))
@@ -252,6 +259,19 @@ def run(args: argparse.Namespace) -> int:
     run_.finish(written, summary)
     print(run_.file(TABLE).read_text(), end="")
     return 0
+
+
+class StageClock:
+    """Wall seconds per stage, each from the end of the one before (features and localization included)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def done(self, stage: str) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = round(now - self._last, 1)
+        self._last = now
 
 
 def _quality(ctx: SweepContext) -> Callable[[], dict[str, Any]]:
