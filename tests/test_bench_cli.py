@@ -73,6 +73,9 @@ def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys:
     (["--stages", "paper", "--n-per-class", "1"], "--n-per-class"),
     (["--stages", "dup", "--dup-levels", "4"], "--dup-levels"),
     (["--stages", "dup", "--dup-ordinary", "5000"], "--dup-ordinary"),
+    (["--device", "gpu0"], "--device"),
+    pytest.param(["--device", "cuda"], "--device", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                            reason="a GPU is there")),
 ])
 def test_bad_input_is_one_line_and_exit_2(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           extra: list[str], message: str) -> None:

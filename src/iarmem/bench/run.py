@@ -76,6 +76,7 @@ class Source:
     data: str  # the dataset argument, as `iarmem localize` takes it
     ds: ImageDataset
     plan: Plan
+    device: str = "cpu"
 
 
 def run_inj(iar: IAR, src: Source, s: InjSettings, out: Path, seed: int) -> list[dict[str, Any]]:
@@ -120,7 +121,7 @@ def _one(base: IAR, src: Source, keep: Any, keep_labels: torch.Tensor, rate: flo
         for stat in s.stats:
             loc_dir = scratch / f"loc-{stat}"
             localize(LocalizeConfig(model=str(model_dir), data=src.data, out=str(loc_dir), ids=ids, stat=stat,
-                                    batch_size=s.batch_size, seed=seed))
+                                    batch_size=s.batch_size, seed=seed, device=src.device))
             rec[f"unitmem_{stat}"] = score_injection(load_localization(loc_dir), image, units, (rate, 2 * rate))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -192,7 +193,7 @@ def localize_model(src: Source, out: Path, seed: int, batch_size: int) -> Locali
     if not (loc_dir / "unitmem.safetensors").is_file():
         log("bench: localizing the unedited model")
         localize(LocalizeConfig(model=str(src.model_folder), data=src.data, out=str(loc_dir), batch_size=batch_size,
-                                seed=seed, resume=(loc_dir / "run.json").is_file()))
+                                seed=seed, device=src.device, resume=(loc_dir / "run.json").is_file()))
     return load_localization(loc_dir)
 
 

@@ -132,6 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", help="folder of the models the bench trains, reused across runs (default OUT/models)")
     p.add_argument("--seed", type=int, default=0, help="seed of the targets, units, batches and models (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="localization batch size (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the same stages on a GPU for larger models)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted bench in --out")
     p.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
 
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_model_folder(args.model):
         raise UserError(f"{args.model} is not a model folder; the bench needs one written by `iarmem train` "
                         f"(its manifest names the held-out images to inject)")
-    iar, source = open_model(args.model)
+    iar, source = open_model(args.model, device=args.device)
     ds = open_dataset(args.data)
     plan = model_plan(args.model, ds)
     if plan is None or len(plan.heldout_ids) == 0:
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     if run_.done:
         log(f"{args.out}: bench already finished")
         return 0
-    src = Source(Path(args.model), Path(source.tokenizer_file), args.data, ds, plan)
+    src = Source(Path(args.model), Path(source.tokenizer_file), args.data, ds, plan, args.device)
     summary: dict = {"model": source.as_dict(), "stages": list(stages)}
     table = []
     clock = StageClock()
@@ -220,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
     ctx = None
     if "del" in stages or "paper" in stages:
         cache = Path(args.features_cache) if args.features_cache else run_.file("features")
-        features = resolve_features(args.features, ds, cache, min(iar.image_size, 64), args.seed, steps=CNN_STEPS)
+        features = resolve_features(args.features, ds, cache, min(iar.image_size, 64), args.seed,
+                                    device=args.device, steps=CNN_STEPS)
         ctx = SweepContext(iar, ds, plan, None, features, AttackSettings(seed=args.seed, membership=False),
                            args.n_per_class, args.seed)
     if "del" in stages:

@@ -43,9 +43,21 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / MODEL_JSON).is_file()
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as torch names it, refused in one line when this torch cannot run on it."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"--device {device!r} is not a device name; use cpu or cuda (cuda:N)") from e
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this torch build sees no CUDA GPU; use --device cpu")
+    return d
+
+
 def open_model(spec: str, tokenizer: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
                device: str | torch.device = "cpu") -> tuple[IAR, ModelSource]:
     """Build and load the model named by ``spec``; explicit files override a folder's own."""
+    device = check_device(device)
     p = Path(spec)
     if p.is_dir():
         if not is_model_folder(p):
