@@ -109,6 +109,8 @@ class SweepContext:
     pool_cache: TokenCache = field(default_factory=TokenCache)  # edits never touch the tokenizer: tokenize once
 
     def prepare(self) -> None:
+        if self.reference is not None:  # prepared already (the bench's DEL and PAPER share one context)
+            return
         self.extractors = load_extractors(self.attack, self.iar.device)
         self.reference = reference_features(self.ds, self.features, family=self.iar.family,
                                             image_size=self.iar.image_size, n_per_class=self.n_per_class,
