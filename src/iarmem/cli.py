@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from iarmem import __version__
 from iarmem.errors import UserError
+from iarmem.models import hub
 from iarmem.runs import recording_command
 
 # name -> (module, one-line help); order is the order of `iarmem --help`
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     command = ["iarmem", *(sys.argv[1:] if argv is None else argv)]
     try:
         with _one_line_warnings(), recording_command(command):
+            if hasattr(args, "download"):  # commands that take a preset: hf:// paths and --download to local files
+                args.tokenizer, args.weights = hub.resolve_model_files(args.model, args.tokenizer, args.weights,
+                                                                       args.download, args.revision)
             return int(args._run(args) or 0)
     except UserError as e:
         if args.debug:

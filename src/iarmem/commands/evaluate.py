@@ -30,6 +30,7 @@ from iarmem.errors import UserError
 from iarmem.features import CNN_STEPS, FeatureExtractor, parse_feature_spec, resolve_features, sidecar
 from iarmem.fileio import write_json
 from iarmem.metrics import default_sampling, evaluate_model, reference_features, reference_ids
+from iarmem.models import hub
 from iarmem.models.loading import is_model_folder, open_model
 from iarmem.plans import SUBSETS, model_plan, select_ids
 from iarmem.progress import log
@@ -53,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--tokenizer", help="official tokenizer checkpoint (presets), or override a folder's")
     p.add_argument("--weights", help="official transformer checkpoint (presets), or override a folder's")
+    hub.add_arguments(p)
     p.add_argument("--n-per-class", type=int, default=50,
                    help="samples per class (default 50: ~1 min for a tiny model on MNIST; 50 x 1000 is the "
                         "ImageNet protocol)")

@@ -30,6 +30,7 @@ from iarmem.attack.select import SCORES
 from iarmem.attack.settings import STRENGTHS
 from iarmem.data import open_dataset
 from iarmem.distributed import barrier, close, init_world
+from iarmem.models import hub
 from iarmem.models.loading import is_model_folder, open_model
 from iarmem.plans import MANIFEST, SUBSETS, model_plan, parse_ids
 from iarmem.progress import log
@@ -51,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--tokenizer", help="official tokenizer file (presets), or a replacement for the folder's")
     p.add_argument("--weights", help="official transformer file (presets), or a replacement for the folder's")
+    hub.add_arguments(p)
     g = p.add_argument_group("images scored")
     g.add_argument("--subset", choices=SUBSETS,
                    help="images scored: default 'train' when the model folder has a planting manifest, else 'all'")

@@ -21,6 +21,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from iarmem.errors import UserError
+from iarmem.models import hub
 from iarmem.models.base import UNIT_KINDS
 from iarmem.plans import SUBSETS
 
@@ -65,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--tokenizer", help="official tokenizer checkpoint (presets), or override a folder's")
     p.add_argument("--weights", help="official transformer checkpoint (presets), or override a folder's")
+    hub.add_arguments(p)
     p.add_argument("--kinds", default="fc1", help=f"unit kinds to tap, comma-separated from {', '.join(UNIT_KINDS)} "
                    "(default fc1: the MLP hidden units after the activation)")
     p.add_argument("--layers", default="all", help="blocks to tap, e.g. 0-3,7 (default all)")

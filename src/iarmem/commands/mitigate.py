@@ -27,6 +27,7 @@ from iarmem.mitigate.forget import MATCHES, forget_units
 from iarmem.mitigate.localization import Localization, check_architecture, load_localization
 from iarmem.mitigate.select import CONTROLS, REDUCES, SCOPES, Selection, check_percent, select_units
 from iarmem.mitigate.write import EDIT_FILE, FORMATS, edit_manifest, hash_files, write_edited_model
+from iarmem.models import hub
 from iarmem.models.base import UNIT_KINDS
 from iarmem.models.loading import open_model
 from iarmem.plans import parse_ids
@@ -40,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder to write (becomes a model folder)")
     p.add_argument("--tokenizer", help="tokenizer checkpoint (presets; overrides a folder's own)")
     p.add_argument("--weights", help="transformer checkpoint (presets; overrides a folder's own)")
+    hub.add_arguments(p)
     p.add_argument("--top", type=float, default=10.0, help="percent of units to edit, in (0, 100] (default 10)")
     p.add_argument("--scope", choices=SCOPES, default="global",
                    help="rank units over all layers (global, default, the paper's) or within each layer")

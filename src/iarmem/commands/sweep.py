@@ -32,6 +32,7 @@ from iarmem.mitigate.sweep import (
     run_sweep,
     summarize,
 )
+from iarmem.models import hub
 from iarmem.models.loading import is_model_folder, open_model
 from iarmem.plans import model_plan
 from iarmem.progress import log
@@ -56,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--tokenizer", help="official tokenizer file (with a preset)")
     p.add_argument("--weights", help="official model file (with a preset)")
+    hub.add_arguments(p)
     p.add_argument("--tops", type=_floats, default=(1.0, 5.0, 10.0), help="top p %% of units (default 1,5,10)")
     p.add_argument("--factors", type=_floats, default=(0.5, 0.0), help="scale factors (default 0.5,0)")
     p.add_argument("--controls", type=_words, default=("random", "lowest"),

@@ -93,7 +93,8 @@ def open_model(spec: str, tokenizer: str | os.PathLike | None = None, weights: s
         if tokenizer is None or weights is None:
             tf, mf = pr.files
             raise UserError(f"preset {spec} needs its checkpoint files: --tokenizer PATH/{tf or 'tokenizer'} "
-                            f"--weights PATH/{mf or 'model'}")
+                            f"--weights PATH/{mf or 'model'}" + (", or --download (Hugging Face Hub)" if tf and mf
+                                                                 else ""))
         tok_file, mdl_file = Path(tokenizer), Path(weights)
         iar = from_official(pr.family, pr.tokenizer_kwargs, pr.model_kwargs)
         preset = spec
