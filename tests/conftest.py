@@ -1,11 +1,28 @@
-"""Test-wide fixtures."""
+"""Test-wide fixtures. The Hugging Face Hub is offline for every test, its cache a fresh folder: set
+here, before anything imports huggingface_hub (it reads both when imported)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="iarmem-test-hub-")
+
+
+@pytest.fixture
+def hub_cache() -> Iterator[Path]:
+    """The tests' (offline) Hub cache, empty at the start of the test."""
+    root = Path(os.environ["HF_HUB_CACHE"])
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    yield root
 
 
 @pytest.fixture(autouse=True, scope="module")

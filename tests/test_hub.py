@@ -1,5 +1,6 @@
 """Official files through the Hugging Face Hub's cache, offline: a local cache in the Hub's own layout
-stands in for the network (HF_HUB_OFFLINE=1), and the real huggingface_hub resolves from it."""
+stands in for the network (HF_HUB_OFFLINE=1, tests/conftest.py), and the real huggingface_hub
+resolves from it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from iarmem.cli import main
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TITOK = "hf://fun-research/TiTok/maskgit-vqgan-imagenet-f16-256.bin"
@@ -30,47 +33,42 @@ def _cache(root: Path, repo: str, files: dict[str, bytes], ref: str = "main", co
     return base / "snapshots" / commit
 
 
-def _iarmem(args: list[str], cache: Path, tmp: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp / "hf-home")}
-    return subprocess.run([sys.executable, "-m", "iarmem", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err, err
+    return err
 
 
-def test_download_resolves_a_presets_files_from_the_hub_cache(tmp_path: Path) -> None:
-    cache = tmp_path / "hub"
-    snap = _cache(cache, "FoundationVision/var", {"vae_ch160v4096z32.pth": b"not a checkpoint\n",
-                                                  "var_d16.pth": b"not a checkpoint either\n"})
+def test_download_resolves_a_presets_files_from_the_hub_cache(hub_cache: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    snap = _cache(hub_cache, "FoundationVision/var", {"vae_ch160v4096z32.pth": b"not a checkpoint\n",
+                                                      "var_d16.pth": b"not a checkpoint either\n"})
     out = tmp_path / "loc"
-    r = _iarmem(["localize", "var-d16", "mnist", "--download", "--out", str(out)], cache, tmp_path)
-    # the files came from the cache (the loader reached them and refused their content), nothing was written
-    assert r.returncode == 2, r.stderr
-    err = r.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err and "the file is text" in err, err
-    assert str(snap) in err or "vae_ch160v4096z32.pth" in err
+    assert main(["localize", "var-d16", "mnist", "--download", "--out", str(out)]) == 2
+    # the files came from the cache (the loader reached them and refused their content); nothing was written
+    err = _error(capsys)
+    assert "the file is text" in err and str(snap / "vae_ch160v4096z32.pth") in err, err
     assert not out.exists()
 
 
-def test_download_of_an_uncached_file_offline_is_one_line(tmp_path: Path) -> None:
+def test_download_of_an_uncached_file_offline_is_one_line(hub_cache: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ext"
-    r = _iarmem(["extract", "rar-b", "mnist", "--download", "--out", str(out)], tmp_path / "empty", tmp_path)
-    assert r.returncode == 2
-    err = r.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err, err
+    assert main(["extract", "rar-b", "mnist", "--download", "--out", str(out)]) == 2
+    err = _error(capsys)
     assert TITOK in err and "not in the Hugging Face cache" in err
     assert not out.exists()
 
 
-def test_hf_paths_pin_a_revision(tmp_path: Path) -> None:
-    cache = tmp_path / "hub"
-    _cache(cache, "FoundationVision/LlamaGen", {"vq_ds16_c2i.pt": b"v1 text\n"}, ref="v1")
+def test_hf_paths_pin_a_revision(hub_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    snap = _cache(hub_cache, "FoundationVision/LlamaGen", {"vq_ds16_c2i.pt": b"v1 text\n"}, ref="v1")
     out = tmp_path / "ev"
-    hub_path = "hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt"
-    r = _iarmem(["evaluate", "llamagen-b", "mnist", "--tokenizer", hub_path + "@v1", "--weights", hub_path + "@v1",
-                 "--out", str(out)], cache, tmp_path)
-    assert r.returncode == 2 and "the file is text" in r.stderr, r.stderr  # the v1 snapshot was found and read
-    r = _iarmem(["evaluate", "llamagen-b", "mnist", "--tokenizer", hub_path, "--weights", hub_path,
-                 "--out", str(out)], cache, tmp_path)
-    assert r.returncode == 2 and "not in the Hugging Face cache" in r.stderr  # main was never cached
+    path = "hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt"
+    assert main(["evaluate", "llamagen-b", "mnist", "--tokenizer", path + "@v1", "--weights", path + "@v1",
+                 "--out", str(out)]) == 2
+    assert str(snap) in _error(capsys)  # the v1 snapshot was found and read
+    assert main(["evaluate", "llamagen-b", "mnist", "--tokenizer", path, "--weights", path, "--out", str(out)]) == 2
+    assert "not in the Hugging Face cache" in _error(capsys)  # main was never cached
     assert not out.exists()
 
 
@@ -78,28 +76,29 @@ def test_hf_paths_pin_a_revision(tmp_path: Path) -> None:
     (["localize", "tiny-var", "mnist", "--download"], "no official files"),
     (["localize", "var-d16", "mnist", "--revision", "v1"], "--revision pins"),
     (["localize", "var-d16", "mnist", "--weights", "hf://FoundationVision/var_d16.pth"], "hf://OWNER/REPO/FILE"),
+    (["models", "--sizes"], "--sizes goes with --hub"),
 ])
-def test_bad_hub_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    r = _iarmem([*args, "--out", str(tmp_path / "o")], tmp_path / "empty", tmp_path)
-    assert r.returncode == 2 and message in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+def test_bad_hub_input_is_one_line(hub_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   args: list[str], message: str) -> None:
+    out = ["--out", str(tmp_path / "o")] if args[0] != "models" else []
+    assert main([*args, *out]) == 2
+    assert message in _error(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_models_lists_the_hub_files_and_their_cached_sizes(hub_cache: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    _cache(hub_cache, "FoundationVision/var", {"var_d16.pth": b"x" * 1234})
+    assert main(["models", "--hub", "--family", "var", "--json"]) == 0
+    rows = {x["url"]: x["cached_bytes"] for x in json.loads(capsys.readouterr().out)}
+    assert rows["hf://FoundationVision/var/var_d16.pth"] == 1234
+    assert rows["hf://FoundationVision/var/var_d30.pth"] is None
+    assert rows["hf://FoundationVision/var/vae_ch160v4096z32.pth"] is None and len(rows) == 5
+    assert main(["models", "--hub", "--family", "rar", "--json"]) == 0
+    urls = {x["url"] for x in json.loads(capsys.readouterr().out)}
+    assert "hf://yucornetto/RAR/rar_xxl.bin" in urls and TITOK in urls
 
 
 def test_importing_iarmem_does_not_load_huggingface_hub() -> None:
     code = "import sys, iarmem.cli, iarmem.models.hub; sys.exit('huggingface_hub' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
-
-
-def test_models_lists_the_hub_files_and_their_cached_sizes(tmp_path: Path) -> None:
-    cache = tmp_path / "hub"
-    _cache(cache, "FoundationVision/var", {"var_d16.pth": b"x" * 1234})
-    r = _iarmem(["models", "--hub", "--family", "var", "--json"], cache, tmp_path)
-    rows = {x["url"]: x["cached_bytes"] for x in json.loads(r.stdout)}
-    assert rows["hf://FoundationVision/var/var_d16.pth"] == 1234
-    assert rows["hf://FoundationVision/var/var_d30.pth"] is None
-    assert rows["hf://FoundationVision/var/vae_ch160v4096z32.pth"] is None and len(rows) == 5
-    r = _iarmem(["models", "--hub", "--family", "rar", "--json"], cache, tmp_path)
-    urls = {x["url"] for x in json.loads(r.stdout)}
-    assert "hf://yucornetto/RAR/rar_xxl.bin" in urls and TITOK in urls
-    r = _iarmem(["models", "--sizes"], cache, tmp_path)
-    assert r.returncode == 2 and "--sizes goes with --hub" in r.stderr
