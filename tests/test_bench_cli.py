@@ -17,6 +17,7 @@ from trained import briefly_trained
 
 from iarmem.cli import main
 from iarmem.data import bundled_mnist, make_plan, write_manifest
+from iarmem.features import train_feature_extractor
 from iarmem.models.loading import save_model_folder
 
 pytestmark = pytest.mark.all_threads
@@ -113,8 +114,10 @@ def test_del_localizes_the_model_and_judges_only_memorized_images(model_dir: Pat
 
 def test_quick_runs_the_stages_and_reuses_the_model_it_trained(model_dir: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    cache, features = tmp_path / "models", tmp_path / "features"
-    argv = ["bench", str(model_dir), "mnist", "--quick", "--cache", str(cache), "--features-cache", str(features)]
+    cache = tmp_path / "models"
+    cnn = train_feature_extractor(bundled_mnist(), tmp_path / "cnn.pt", image_size=32, steps=15, seed=0,
+                                  max_images=500)  # the plumbing needs a feature network, not a good one
+    argv = ["bench", str(model_dir), "mnist", "--quick", "--cache", str(cache), "--features", f"trained:{cnn}"]
     # INJ's wiring is the test above (an injection costs most of a quick run); the other three here
     assert main([*argv, "--stages", "del,paper,dup", "--out", str(tmp_path / "a")]) == 0
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
