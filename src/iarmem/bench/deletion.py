@@ -35,7 +35,7 @@ class DelSettings:
     controls: int = 5  # random same-count, same-layer draws per (image, budget)
     bar: float = 0.9  # token agreement that counts as reproduced (the attack's absolute bar)
     reading: str = "per_image"
-    quality_images: int = 3  # FID / class accuracy for the first few images' edits (localizer and one random draw)
+    quality_images: int = 2  # FID / class accuracy for the first few images' edits (localizer and one random draw)
 
 
 def _measure(iar: IAR, mem: Tokens, mem_labels: Tensor, i: int, held: Tokens, held_labels: Tensor,

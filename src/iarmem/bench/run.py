@@ -43,7 +43,7 @@ KEEP_IMAGES = 256
 @dataclass(frozen=True)
 class InjSettings:
     rates: tuple[float, ...] = (0.5, 1.0, 2.0)  # percent of the fc1 units of every block
-    images: int = 3
+    images: int = 2
     stats: tuple[str, ...] = STATS
     inject: InjectConfig = InjectConfig()
     batch_size: int = 8

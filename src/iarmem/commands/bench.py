@@ -1,6 +1,6 @@
 """Ground truth for localizers: inject held-out images into known units and score who finds them.
 
-  iarmem bench runs/var mnist --out runs/var-bench                 # INJ, DEL, PAPER and DUP
+  iarmem bench runs/var mnist --out runs/var-bench                 # INJ, DEL, PAPER and DUP (defaults: docs/BENCH.md)
   iarmem bench runs/var mnist --stages inj --rates 1 --images 1 --stats mean --out RUN    # one injection
   iarmem bench runs/var mnist --quick --out RUN                     # every stage, a few minutes (tests)
 
@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="every stage at its smallest size (r = 5 %%, 1 image, 1 budget, 1 draw, an 8-step model)")
     p.add_argument("--rates", type=_floats, default=(0.5, 1.0, 2.0),
                    help="INJ: percent of the fc1 units of every block to inject through (default 0.5,1,2)")
-    p.add_argument("--images", type=int, default=3, help="INJ: held-out images injected per rate (default 3)")
+    p.add_argument("--images", type=int, default=2, help="INJ: held-out images injected per rate (default 2)")
     p.add_argument("--stats", default="mean,median", help="UnitMem statistics to score (default mean,median)")
     p.add_argument("--steps", type=int, default=InjectConfig.steps,
                    help=f"INJ: most fine-tuning steps per injection (default {InjectConfig.steps})")
@@ -118,7 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draws", type=int, default=3, help="PAPER: random same-count draws per p (default 3)")
     p.add_argument("--quality-images", type=int, default=DelSettings.quality_images,
                    help=f"DEL: images whose edits get FID and class accuracy (default {DelSettings.quality_images})")
-    p.add_argument("--tops", type=_floats, default=TOPS, help="PAPER: global top p %% of units x 0.5 (default 1,5,10)")
+    p.add_argument("--tops", type=_floats, default=TOPS, help="PAPER: global top p %% of units x 0.5 (default 1,10)")
     p.add_argument("--n-per-class", type=int, default=20, help="DEL and PAPER: samples per class for FID (default 20)")
     p.add_argument("--features", default="trained", help="feature extractor for FID (see `iarmem evaluate`)")
     p.add_argument("--features-cache", help="folder of the trained feature CNN (default OUT/features)")
