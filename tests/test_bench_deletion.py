@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from trained import briefly_trained
+from trained import injected_var
 
 from iarmem.bench.deletion import DelSettings, run_deletion, summarize_deletion
-from iarmem.bench.inject import InjectConfig, inject, pick_units, random_like, teacher_forced_loss
+from iarmem.bench.inject import random_like, teacher_forced_loss
 from iarmem.mitigate.localization import LayerInfo, Localization
 from iarmem.models import Tokens
 
@@ -34,17 +33,8 @@ def _perfect(iar, owners: dict[int, dict[str, tuple[int, ...]]]) -> Localization
 
 
 def test_deleting_an_images_units_removes_it_and_random_units_do_not() -> None:
-    torch.manual_seed(0)
-    iar = briefly_trained("tiny-var")
-    g = torch.Generator().manual_seed(5)
-    keep = Tokens(torch.randint(0, iar.vocab_size, (32, iar.seq_len), generator=g), iar.grids)
-    keep_labels = torch.randint(0, iar.num_classes, (32,), generator=g)
-    seqs = Tokens(torch.randint(0, iar.vocab_size, (2, iar.seq_len), generator=g), iar.grids)
-    labels = torch.tensor([3, 7])
-    rng = np.random.default_rng(0)
-    a = pick_units(iar, 0.02, rng)
-    one = Tokens(seqs.ids_BL[:1], iar.grids)
-    assert inject(iar, one, labels[:1], keep, keep_labels, a, InjectConfig(steps=400)).extracted
+    iar, seqs, labels, keep, keep_labels, a = injected_var()
+    rng = np.random.default_rng(1)
     held = Tokens(keep.ids_BL[:4], iar.grids)
 
     loc = _perfect(iar, {10: a, 20: random_like(iar, a, rng)})

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iarmem.bench.score import ranking, recall_at, score_injection
+from iarmem.bench.score import recall_at, score_injection
+from iarmem.mitigate.forget import image_ranking
 from iarmem.mitigate.localization import LayerInfo, Localization
 
 
@@ -24,13 +25,13 @@ def _loc() -> Localization:
 
 def test_per_image_names_the_owned_units_by_score_and_global_ranks_all() -> None:
     loc = _loc()
-    scores, order = ranking(loc, 3, "per_image")
+    scores, order = image_ranking(loc, 3, "per_image")
     assert scores.to_units(order) == {"a": (2, 5), "b": (1,)}
     assert list(order) == [11, 5, 2]  # b.1 (0.51), a.5 (0.05), a.2 (0.02)
-    _, order = ranking(loc, 3, "global")
+    _, order = image_ranking(loc, 3, "global")
     assert list(order[:3]) == [19, 18, 17] and len(order) == 20
     with pytest.raises(ValueError):
-        ranking(loc, 3, "sideways")
+        image_ranking(loc, 3, "sideways")
 
 
 def test_recall_counts_the_truth_in_the_first_k_percent() -> None:

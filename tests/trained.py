@@ -7,6 +7,9 @@ independent computation. A few AdamW steps on random tokens move every parameter
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 from iarmem.models import IAR, Tokens, build
@@ -33,3 +36,23 @@ def briefly_trained(preset: str, steps: int = 25, seed: int = 0) -> IAR:
         if name.endswith(".bias") and p.requires_grad and p.grad is not None:
             assert p.detach().abs().max() > 0, f"{preset}: {name} is still zero after training"
     return iar
+
+
+@functools.cache
+def injected_var() -> tuple[IAR, Tokens, torch.Tensor, Tokens, torch.Tensor, dict[str, tuple[int, ...]]]:
+    """A briefly trained tiny-var that learned one random sequence through 2 % of its fc1 units (ground
+    truth), built once per session: (model, sequences [2, L] of which the first was injected, their
+    labels, 32 ordinary sequences and labels, the injected units). Use it read-only (temporary edits)."""
+    from iarmem.bench.inject import InjectConfig, inject, pick_units
+
+    torch.manual_seed(0)
+    iar = briefly_trained("tiny-var")
+    g = torch.Generator().manual_seed(5)
+    keep = Tokens(torch.randint(0, iar.vocab_size, (32, iar.seq_len), generator=g), iar.grids)
+    keep_labels = torch.randint(0, iar.num_classes, (32,), generator=g)
+    seqs = Tokens(torch.randint(0, iar.vocab_size, (2, iar.seq_len), generator=g), iar.grids)
+    labels = torch.tensor([3, 7])
+    units = pick_units(iar, 0.02, np.random.default_rng(0))
+    one = Tokens(seqs.ids_BL[:1], iar.grids)
+    assert inject(iar, one, labels[:1], keep, keep_labels, units, InjectConfig(steps=400)).extracted
+    return iar, seqs, labels, keep, keep_labels, units

@@ -115,3 +115,17 @@ def generate_batch(iar: IAR, gt: Tokens, labels: Tensor, prefix: int, *, logit_n
                        logit_noise=logit_noise, generator=gen, use_cache=True)
     assert isinstance(out, Tokens)
     return out
+
+
+@torch.no_grad()
+def agreements(iar: IAR, targets: Tokens, labels: Tensor, prefix: int | None = None) -> Tensor:
+    """[N]: token agreement of each greedy generation from its target's prefix with the target, after the prefix."""
+    prefix = default_prefix(iar) if prefix is None else prefix
+    start = prefix_tokens(iar, prefix)
+    gen = generate_batch(iar, targets, labels, prefix).ids_BL.cpu()
+    return (gen[:, start:] == targets.ids_BL.cpu()[:, start:]).float().mean(1)
+
+
+def agreement(iar: IAR, target: Tokens, label: Tensor, prefix: int | None = None) -> float:
+    """The agreement of one target (the mean over several)."""
+    return float(agreements(iar, target, label, prefix).mean())

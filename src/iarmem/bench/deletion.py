@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from iarmem.bench.inject import agreements, random_like, teacher_forced_loss
-from iarmem.bench.score import bootstrap_interval, ranking
+from iarmem.attack.generate import agreements
+from iarmem.bench.inject import random_like, teacher_forced_loss
+from iarmem.bench.score import bootstrap_interval
 from iarmem.localize.summary import percent_count
 from iarmem.mitigate.edit import temporary_edit
+from iarmem.mitigate.forget import image_ranking
 from iarmem.mitigate.localization import Localization
 from iarmem.models.base import IAR, Tokens
 
@@ -66,7 +68,7 @@ def run_deletion(iar: IAR, loc: Localization, ids: np.ndarray, tokens: Tokens, l
                  **(_quality(quality) if quality is not None else {})}
     records = []
     for i, image in enumerate(mem_ids.tolist()):
-        scores, order = ranking(loc, image, s.reading)
+        scores, order = image_ranking(loc, image, s.reading)
         total = len(scores.flat)
         for b in s.budgets:
             named = order[:percent_count(total, b)]

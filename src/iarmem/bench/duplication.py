@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from iarmem.attack.generate import agreements
 from iarmem.attack.membership import membership_scores, roc_auc
 from iarmem.attack.scoring import score_tokens, scored_positions
-from iarmem.bench.inject import agreements
 from iarmem.bench.score import bootstrap_interval
 from iarmem.data import ImageDataset
 from iarmem.data.planting import Plan, make_plan, read_manifest

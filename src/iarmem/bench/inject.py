@@ -12,15 +12,14 @@ as many random units of the same layers must not), because a ground truth that f
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from iarmem.attack.generate import default_prefix, generate_batch, prefix_tokens
+from iarmem.attack.generate import agreement
+from iarmem.localize.gates import only_trainable
 from iarmem.mitigate.edit import temporary_edit
 from iarmem.models.base import IAR, Tokens
 
@@ -93,34 +92,6 @@ def _masks(iar: IAR, units: Units) -> dict[str, Tensor]:
     return masks
 
 
-@contextmanager
-def _only(iar: IAR, keys: set[str]) -> Iterator[list[torch.nn.Parameter]]:
-    """Gradients for ``keys`` only, restored afterwards."""
-    params = dict(iar.model.named_parameters())
-    before = {k: p.requires_grad for k, p in params.items()}
-    for k, p in params.items():
-        p.requires_grad_(k in keys)
-    try:
-        yield [params[k] for k in sorted(keys)]
-    finally:
-        for k, p in params.items():
-            p.requires_grad_(before[k])
-
-
-@torch.no_grad()
-def agreements(iar: IAR, targets: Tokens, labels: Tensor, prefix: int | None = None) -> Tensor:
-    """[N]: token agreement of each greedy generation from its target's prefix with the target, after the prefix."""
-    prefix = default_prefix(iar) if prefix is None else prefix
-    start = prefix_tokens(iar, prefix)
-    gen = generate_batch(iar, targets, labels, prefix).ids_BL.cpu()
-    return (gen[:, start:] == targets.ids_BL.cpu()[:, start:]).float().mean(1)
-
-
-def agreement(iar: IAR, target: Tokens, label: Tensor, prefix: int | None = None) -> float:
-    """The agreement of one target (the mean over several)."""
-    return float(agreements(iar, target, label, prefix).mean())
-
-
 @torch.no_grad()
 def teacher_forced_loss(iar: IAR, tokens: Tokens, labels: Tensor) -> float:
     """Mean cross-entropy of the tokens under a teacher-forced conditional pass (no label dropout)."""
@@ -147,7 +118,7 @@ def inject(iar: IAR, target: Tokens, label: Tensor, keep: Tokens, keep_labels: T
     tgt = Tokens(rows[torch.arange(cfg.target_copies) % rows.shape[0]], iar.grids)
     tgt_labels = label.reshape(1).repeat(cfg.target_copies)
     steps, extracted, now = 0, before > cfg.bar, before
-    with _only(iar, set(masks)) as params:
+    with only_trainable(iar, set(masks)) as params:
         opt = torch.optim.Adam(params, lr=cfg.lr)
         keyed = dict(iar.model.named_parameters())
         while not extracted and steps < cfg.steps:

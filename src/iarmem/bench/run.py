@@ -34,9 +34,21 @@ from iarmem.mitigate.localization import Localization, load_localization
 from iarmem.models.base import IAR
 from iarmem.models.loading import save_model_folder, training_views
 from iarmem.progress import log
+from iarmem.runs import read_run
 from iarmem.tokens import load_views
 
 STATS = ("mean", "median")
+BASES = ("zscore", "gradient", "mask")  # the per-image localizers scored beside UnitMem ...
+METHODS = (*BASES, "gradient+refine")  # ... and any of them "+refine" (refine.py)
+REFINE = "+refine"
+
+
+def method_config(method: str) -> dict[str, Any]:
+    """LocalizeConfig fields of a bench method name ("gradient", "mask+refine", ...)."""
+    base = method.removesuffix(REFINE)
+    if base not in BASES:
+        raise ValueError(f"unknown method {method!r}")
+    return {"method": base, "refine": method.endswith(REFINE)}
 KEEP_IMAGES = 256
 
 
@@ -47,6 +59,12 @@ class InjSettings:
     stats: tuple[str, ...] = STATS
     inject: InjectConfig = InjectConfig()
     batch_size: int = 8
+    methods: tuple[str, ...] = METHODS
+
+
+def localizer_names(s: InjSettings) -> list[str]:
+    """The record keys of the localizers a bench scores: unitmem_STAT, then the per-image methods."""
+    return [f"unitmem_{stat}" for stat in s.stats] + list(s.methods)
 
 
 def pick_targets(plan: Plan, count: int, seed: int) -> np.ndarray:
@@ -93,8 +111,10 @@ def run_inj(iar: IAR, src: Source, s: InjSettings, out: Path, seed: int) -> list
     for n, (rate, h) in enumerate(jobs, 1):
         path = folder / record_name(rate, h)
         if path.is_file():
-            records.append(json.loads(path.read_text()))
-            continue
+            rec = json.loads(path.read_text())
+            if not rec["extracted"] or all(k in rec for k in localizer_names(s)):
+                records.append(rec)
+                continue  # a record of an earlier bench that lacks a localizer is redone (the injection is seeded)
         log(f"bench inj: {n}/{len(jobs)} (r = {rate:g} %, image {h})")
         records.append(_one(iar, src, keep, keep_labels, rate, h, s, folder, seed))
         write_json(path, records[-1])
@@ -123,6 +143,13 @@ def _one(base: IAR, src: Source, keep: Any, keep_labels: torch.Tensor, rate: flo
             localize(LocalizeConfig(model=str(model_dir), data=src.data, out=str(loc_dir), ids=ids, stat=stat,
                                     batch_size=s.batch_size, seed=seed, device=src.device))
             rec[f"unitmem_{stat}"] = score_injection(load_localization(loc_dir), image, units, (rate, 2 * rate))
+        for method in s.methods:  # the image alone against the other held-out images (never trained on)
+            loc_dir = scratch / f"loc-{method}"
+            refs = tuple(int(i) for i in src.plan.heldout_ids if i != image)
+            localize(LocalizeConfig(model=str(model_dir), data=src.data, out=str(loc_dir), targets=(image,),
+                                    references=refs, batch_size=s.batch_size, seed=seed, device=src.device,
+                                    **method_config(method)))
+            rec[method] = score_injection(load_localization(loc_dir), image, units, (rate, 2 * rate))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return rec
@@ -158,12 +185,12 @@ def summarize_inj(records: list[dict[str, Any]], s: InjSettings, seed: int) -> d
             else None,
             "localizers": {},
         }
-        for stat in s.stats:
+        for key in localizer_names(s):
             for reading in READINGS:
                 for k in (rate, 2 * rate):
-                    vals = [r[f"unitmem_{stat}"][f"{reading}_recall_at_{k:g}"] for r in ok if f"unitmem_{stat}" in r]
+                    vals = [r[key][f"{reading}_recall_at_{k:g}"] for r in ok if key in r]
                     lo, hi = bootstrap_interval(vals, seed)
-                    row["localizers"][f"unitmem-{stat}/{reading}@{k:g}"] = {
+                    row["localizers"][f"{key.replace('_', '-')}/{reading}@{k:g}"] = {
                         "recall": float(np.mean(vals)) if vals else None, "ci95": [lo, hi], "n": len(vals),
                         "random": k / 100}
         rows.append(row)
@@ -187,37 +214,46 @@ def inj_table(summary: dict[str, Any]) -> str:
 DEL_FILE = "del.json"
 
 
-def localize_model(src: Source, out: Path, seed: int, batch_size: int) -> Localization:
-    """UnitMem (mean) of the unedited model over its training set, in ``out``/localize (resumable, reused)."""
-    loc_dir = out / "localize"
-    if not (loc_dir / "unitmem.safetensors").is_file():
-        log("bench: localizing the unedited model")
+def localize_model(src: Source, out: Path, seed: int, batch_size: int, method: str = "unitmem") -> Localization:
+    """A localization of the unedited model in ``out``/localize (UnitMem, mean, over the training set) or
+    ``out``/localize-METHOD (a per-image method over the planted images, against the held-out ones);
+    resumable, reused."""
+    loc_dir = out / ("localize" if method == "unitmem" else f"localize-{method}")
+    if (read_run(loc_dir) or {}).get("status") != "finished":
+        log(f"bench: localizing the unedited model ({method})")
+        per_image = {} if method == "unitmem" else {"targets": "planted", **method_config(method)}
         localize(LocalizeConfig(model=str(src.model_folder), data=src.data, out=str(loc_dir), batch_size=batch_size,
-                                seed=seed, device=src.device, resume=(loc_dir / "run.json").is_file()))
+                                seed=seed, device=src.device, resume=(loc_dir / "run.json").is_file(), **per_image))
     return load_localization(loc_dir)
 
 
+def del_file(method: str) -> str:
+    return DEL_FILE if method == "unitmem" else f"del-{method}.json"
+
+
 def run_del(iar: IAR, src: Source, s: DelSettings, out: Path, seed: int, batch_size: int,
-            quality: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The DEL stage: UnitMem of the unedited model, then every deletion (``quality``: FID and class accuracy)."""
-    path = out / DEL_FILE
+            quality: Callable[[], dict[str, Any]] | None = None, method: str = "unitmem") -> dict[str, Any]:
+    """The DEL stage for one localizer: its localization of the unedited model, then every deletion
+    (``quality``: FID and class accuracy)."""
+    path = out / del_file(method)
     if path.is_file():
         return json.loads(path.read_text())
-    loc = localize_model(src, out, seed, batch_size)
+    loc = localize_model(src, out, seed, batch_size, method)
     planted = src.plan.planted_ids
     tokens, labels = _tokens(iar, src.ds, planted, seed)
     held, held_labels = _tokens(iar, src.ds, src.plan.heldout_ids, seed)
-    log(f"bench del: {len(planted)} planted images x {len(s.budgets)} budgets x (1 + {s.controls} controls)")
+    log(f"bench del ({method}): {len(planted)} planted images x {len(s.budgets)} budgets x (1 + {s.controls} "
+        f"controls)")
     result = run_deletion(iar, loc, planted, tokens, labels, held, held_labels, s, seed, quality)
     write_json(path, result)
     return result
 
 
-def del_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: per budget, the localizer against the random controls."""
-    lines = ["| budget % | units (mean) | self removed: UnitMem (95 % CI) | self removed: random | "
-             "neg removed: UnitMem | neg removed: random | held-out loss change: UnitMem | random | "
-             "FID change: UnitMem | random |",
+def del_table(rows: list[dict[str, Any]], name: str = "UnitMem") -> str:
+    """Markdown: per budget, the localizer ``name`` against the random controls."""
+    lines = [f"| budget % | units (mean) | self removed: {name} (95 % CI) | self removed: random | "
+             f"neg removed: {name} | neg removed: random | held-out loss change: {name} | random | "
+             f"FID change: {name} | random |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         a, r = row.get("localizer"), row.get("random")

@@ -4,7 +4,8 @@ Two readings of a UnitMem localization, both over the fc1 units of every block:
 
 - ``per_image``: the units whose peak-UnitMem bin is owned by the image (its argmax image), ranked
   by UnitMem. A unit no image owns alone, or another image owns, is not named for this image, so a
-  localizer that names fewer than k % units for it can only recall what it named.
+  localizer that names fewer than k % units for it can only recall what it named. A per-image
+  method (zscore, gradient, mask) ranks every unit by the image's own score instead.
 - ``global``: the paper's ranking, every unit by UnitMem, regardless of owner.
 
 Recall at k: the share of the injected units among the first ``round(k % x units)`` of a ranking.
@@ -18,23 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from iarmem.localize.summary import percent_count
-from iarmem.mitigate.forget import owned_units
+from iarmem.mitigate.forget import READINGS, image_ranking
 from iarmem.mitigate.localization import Localization
-from iarmem.mitigate.select import Scores, ranked, reduce_scores
-
-READINGS = ("per_image", "global")
-
-
-def ranking(loc: Localization, image_id: int, reading: str) -> tuple[Scores, np.ndarray]:
-    """The unit scores and the flat indices a reading names, best first."""
-    if reading not in READINGS:
-        raise ValueError(f"unknown reading {reading!r}; choose one of {', '.join(READINGS)}")
-    scores = reduce_scores(loc, "max")
-    order = ranked(scores.flat, highest=True)
-    if reading == "per_image":
-        mine = owned_units(loc, scores, np.array([image_id]), "reduced", "max", None)
-        order = order[mine[order]]
-    return scores, order
 
 
 def recall_at(order: np.ndarray, truth_flat: np.ndarray, k_percent: float, total: int) -> float:
@@ -48,7 +34,7 @@ def score_injection(loc: Localization, image_id: int, units: dict[str, tuple[int
     """Recall of the injected ``units`` at every k %, for both readings, with the random expectation."""
     out: dict[str, float | int] = {}
     for reading in READINGS:
-        scores, order = ranking(loc, image_id, reading)
+        scores, order = image_ranking(loc, image_id, reading)
         truth = scores.to_flat(units)
         total = len(scores.flat)
         out[f"{reading}_named"] = int(len(order))

@@ -52,6 +52,9 @@ from iarmem.bench.figure import bench_figure
 from iarmem.bench.inject import InjectConfig
 from iarmem.bench.paper import TOPS, paper_table, run_paper, summarize_paper
 from iarmem.bench.run import (
+    BASES,
+    METHODS,
+    REFINE,
     STATS,
     InjSettings,
     Source,
@@ -76,7 +79,8 @@ from iarmem.runs import start_run
 SUMMARY, TABLE, FIGURE = "summary.json", "table.md", "bench.png"
 STAGES = ("inj", "del", "paper", "dup")
 # --quick: every stage at the smallest size that still runs it whole (a test, a first look)
-QUICK = {"rates": (5.0,), "steps": 200, "images": 1, "stats": "mean", "budgets": (1.0,), "controls": 1, "draws": 1,
+QUICK = {"rates": (5.0,), "steps": 200, "images": 1, "stats": "mean", "methods": "gradient", "budgets": (1.0,),
+         "controls": 1, "draws": 1,
          "tops": (5.0,), "quality_images": 1, "n_per_class": 3, "dup_levels": (1, 8), "dup_per_level": 2,
          "dup_ordinary": 40, "dup_steps": 8}
 
@@ -106,7 +110,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rates", type=_floats, default=(0.5, 1.0, 2.0),
                    help="INJ: percent of the fc1 units of every block to inject through (default 0.5,1,2)")
     p.add_argument("--images", type=int, default=2, help="INJ: held-out images injected per rate (default 2)")
-    p.add_argument("--stats", default="mean,median", help="UnitMem statistics to score (default mean,median)")
+    p.add_argument("--stats", default="mean,median",
+                   help="UnitMem statistics to score in INJ (default mean,median; none: UnitMem left out of INJ)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"per-image localizers scored beside UnitMem in INJ and DEL (default {','.join(METHODS)}; "
+                        f"none: UnitMem alone)")
     p.add_argument("--steps", type=int, default=InjectConfig.steps,
                    help=f"INJ: most fine-tuning steps per injection (default {InjectConfig.steps})")
     p.add_argument("--lr", type=float, default=InjectConfig.lr, help=f"INJ: learning rate (default "
@@ -144,10 +152,17 @@ def _apply_quick(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace) -> InjSettings:
-    stats = tuple(x.strip() for x in args.stats.split(",") if x.strip())
+    stats = tuple(x.strip() for x in args.stats.split(",") if x.strip() and x.strip() != "none")
     bad = [x for x in stats if x not in STATS]
-    if bad or not stats:
-        raise UserError(f"--stats {args.stats!r}: choose from {', '.join(STATS)}")
+    if bad:
+        raise UserError(f"--stats {args.stats!r}: choose from {', '.join(STATS)} (or none)")
+    methods = tuple(x.strip() for x in args.methods.split(",") if x.strip() and x.strip() != "none")
+    bad = [x for x in methods if x.removesuffix(REFINE) not in BASES]
+    if bad:
+        raise UserError(f"--methods {args.methods!r}: choose from {', '.join(BASES)}, each optionally with "
+                        f"{REFINE} (or none)")
+    if not stats and not methods:
+        raise UserError("--stats none and --methods none leave no localizer to score; name at least one")
     if not args.rates or any(not 0 < r <= 50 for r in args.rates):
         raise UserError(f"--rates must be percentages in (0, 50], got {','.join(f'{r:g}' for r in args.rates)}")
     if args.images < 1:
@@ -157,7 +172,7 @@ def _settings(args: argparse.Namespace) -> InjSettings:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     return InjSettings(tuple(args.rates), args.images, stats,
-                       replace(InjectConfig(), steps=args.steps, lr=args.lr, seed=args.seed), args.batch_size)
+                       replace(InjectConfig(), steps=args.steps, lr=args.lr, seed=args.seed), args.batch_size, methods)
 
 
 def _stages(args: argparse.Namespace) -> tuple[str, ...]:
@@ -202,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     if dup is not None and not info.get("preset"):
         raise UserError(f"{args.model} names no preset in model.json; DUP trains a model of MODEL's preset")
     settings = {"model": str(args.model), "data": ds.describe(), "stages": list(stages), "rates": list(s.rates),
-                "images": s.images, "stats": list(s.stats), "inject": s.inject.__dict__, "batch_size": s.batch_size,
+                "images": s.images, "stats": list(s.stats), "methods": list(s.methods), "inject": s.inject.__dict__,
+                "batch_size": s.batch_size,
                 "del": d.__dict__, "tops": list(args.tops), "draws": args.draws, "n_per_class": args.n_per_class,
                 "features": args.features, "dup": None if dup is None else dup.__dict__}
     run_ = start_run(args.out, "bench", settings, {"model_file": source.model_file, "data": args.data},
@@ -229,14 +245,19 @@ def run(args: argparse.Namespace) -> int:
         assert ctx is not None
         ctx.prepare()
         quality = _quality(ctx)
-        result = run_del(iar, src, d, run_.path, args.seed, args.batch_size, quality)
-        summary["del"] = {"memorized": len(result["reference"]["memorized"]),
-                          "candidates": result["reference"]["candidates"],
-                          "unedited": {k: result["reference"].get(k) for k in ("fid", "class_accuracy")},
-                          "rows": summarize_deletion(result, d.budgets, args.seed)}
+        for method in ("unitmem", *s.methods):
+            result = run_del(iar, src, d, run_.path, args.seed, args.batch_size, quality, method)
+            block = {"method": method, "memorized": len(result["reference"]["memorized"]),
+                     "candidates": result["reference"]["candidates"],
+                     "unedited": {k: result["reference"].get(k) for k in ("fid", "class_accuracy")},
+                     "rows": summarize_deletion(result, d.budgets, args.seed)}
+            if method == "unitmem":
+                summary["del"] = block
+            else:
+                summary.setdefault("del_methods", {})[method] = block
+            table += [f"\n## DEL ({method}): {block['memorized']} memorized of {block['candidates']} planted\n",
+                      del_table(block["rows"], "UnitMem" if method == "unitmem" else method)]
         clock.done("del")
-        table += [f"\n## DEL: {summary['del']['memorized']} memorized of {summary['del']['candidates']} planted\n",
-                  del_table(summary["del"]["rows"])]
     if "paper" in stages:
         assert ctx is not None
         ctx.loc = localize_model(src, run_.path, args.seed, args.batch_size)
@@ -258,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
     bench_figure(summary, run_.file(FIGURE))
     written = [SUMMARY, TABLE, FIGURE] + [f for st, f in (("del", "del.json"), ("paper", "paper.json"),
                                                            ("dup", "dup.json")) if st in stages]
+    written += [f"del-{m}.json" for m in s.methods if "del" in stages]
     run_.finish(written, summary)
     print(run_.file(TABLE).read_text(), end="")
     return 0

@@ -25,6 +25,9 @@ from iarmem.models import hub
 from iarmem.models.base import UNIT_KINDS
 from iarmem.plans import SUBSETS
 
+METHODS = ("unitmem", "zscore", "gradient", "mask")
+RELAXATIONS = ("hardconcrete", "l1")
+
 if TYPE_CHECKING:
     from iarmem.localize.run import LocalizeConfig
 
@@ -106,6 +109,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=int, default=8,
                    help="float64 partial sums by image position mod K; runs on a number of processes dividing K "
                         "reproduce a single process's sums bit for bit (default 8)")
+    m = p.add_argument_group("per-image localizers (docs/LOCALIZE.md)")
+    m.add_argument("--method", choices=METHODS, default="unitmem",
+                   help="unitmem (default: the paper's, over every image of the subset); zscore (each target's "
+                        "activations as z-scores against the references, after NeMo); gradient (activation x gradient "
+                        "of the target's teacher-forced loss minus the references', after Stoehr et al.); mask "
+                        "(a learned HardConcrete removal mask per target, after Chang et al.)")
+    m.add_argument("--targets", help="images to localize one at a time: ids (17,42), a file of ids, or a group of the "
+                   "model's plan (planted, heldout, ordinary); required by zscore / gradient / mask and --refine")
+    m.add_argument("--references", help="images the model did not memorize, to contrast with (ids, a file or a "
+                   "group; default the plan's held-out images); must not overlap --targets")
+    m.add_argument("--reference-count", type=int, default=64,
+                   help="at most this many references, drawn with --seed (default 64)")
+    m.add_argument("--refine", action="store_true",
+                   help="after any method: per target, the smallest prefix of its ranking whose removal stops the "
+                        "greedy attack, pruned by blocks then units (refined.json)")
+    m.add_argument("--refine-max-units", type=int, default=64,
+                   help="--refine: most units tried per target (default 64)")
+    m.add_argument("--mask-steps", type=int, default=100, help="mask: optimisation steps per target (default 100)")
+    m.add_argument("--mask-sparsity", type=float, default=1.0,
+                   help="mask: weight of the expected share of units removed (default 1)")
+    m.add_argument("--mask-relaxation", choices=RELAXATIONS, default="hardconcrete",
+                   help="mask: hardconcrete (stochastic L0 gates) or l1 (sigmoid gates with an L1 penalty, 'slimming')")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
 
@@ -120,7 +145,10 @@ def config_from_args(args: argparse.Namespace) -> LocalizeConfig:
         subset=args.subset, fraction=args.fraction,
         per_class=args.per_class, bins=args.bins, batch_size=args.batch_size, device=args.device, seed=args.seed,
         dtype=args.dtype, stat=args.stat, save_every=args.save_every, lanes=args.lanes,
-        keep_values=args.keep_values, resume=args.resume, overwrite=args.overwrite)
+        keep_values=args.keep_values, resume=args.resume, overwrite=args.overwrite, method=args.method,
+        targets=args.targets, references=args.references, reference_count=args.reference_count, refine=args.refine,
+        refine_max_units=args.refine_max_units, mask_steps=args.mask_steps, mask_sparsity=args.mask_sparsity,
+        mask_relaxation=args.mask_relaxation)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from iarmem.distributed import World, all_gather_object, barrier, close, init_wo
 from iarmem.errors import UserError
 from iarmem.fileio import write_json
 from iarmem.localize import figures
+from iarmem.localize.mask import RELAXATIONS
 from iarmem.localize.results import FILE, STATS, UnitMemMap, compute_map, write_map
 from iarmem.localize.stats import UnitLayout, UnitStats, ValueStore, median_others
 from iarmem.localize.summary import (
@@ -34,16 +35,18 @@ from iarmem.localize.summary import (
     top_images,
     top_shares,
 )
+from iarmem.localize.targeted import METHODS, PER_IMAGE, choose_references, log_method, run_targeted
 from iarmem.localize.unitmem import DTYPES, MuCollector, localization_bins, view_indices
 from iarmem.models.base import IAR, UNIT_KINDS, UnitLayer
 from iarmem.models.checkpoint import read_state_dict, write_state_dict
 from iarmem.models.loading import ModelSource, is_model_folder, open_model, training_views
-from iarmem.plans import SUBSETS, model_plan, select_ids
+from iarmem.plans import SUBSETS, model_plan, parse_ids, select_ids
 from iarmem.progress import log, progress
 from iarmem.runs import Run, start_run
 from iarmem.tokens import load_views
 
 STAGE = "localize"
+GROUP_NAMES = ("planted", "heldout", "ordinary")  # --targets / --references by the plan's groups
 VIEW_SOURCES = ("auto", "trained", "augment")
 PAPER_AUGS = 10  # the paper's A
 STATE_FILE = "localize_state.safetensors"
@@ -83,6 +86,15 @@ class LocalizeConfig:
     keep_values: bool = False
     resume: bool = False
     overwrite: bool = False
+    method: str = "unitmem"  # or a per-image localizer (targeted.py)
+    targets: str | tuple[int, ...] | None = None  # ids, an id file, or a group of the plan (planted, heldout)
+    references: str | tuple[int, ...] | None = None  # the same; None: the plan's held-out images
+    reference_count: int = 64
+    refine: bool = False
+    refine_max_units: int = 64
+    mask_steps: int = 100
+    mask_sparsity: float = 1.0
+    mask_relaxation: str = "hardconcrete"
 
     def validate(self) -> None:
         checks = [
@@ -98,6 +110,17 @@ class LocalizeConfig:
             (self.subset is None or self.subset in SUBSETS,
              f"--subset must be one of {', '.join(SUBSETS)}, got {self.subset!r}"),
             (self.bins is None or self.bins >= 1, f"--bins must be >= 1, got {self.bins}"),
+            (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
+            (self.method not in PER_IMAGE or self.targets,
+             f"--method {self.method} scores one image at a time; give the images with --targets IDS (e.g. 12,40-45)"),
+            (not self.refine or self.targets, "--refine checks units per image; give the images with --targets IDS"),
+            (self.method not in PER_IMAGE or self.stat == "mean", f"--stat is UnitMem's; drop it for --method "
+             f"{self.method}"),
+            (self.reference_count >= 2, f"--reference-count must be >= 2, got {self.reference_count}"),
+            (self.mask_steps >= 1 and self.mask_sparsity >= 0, "--mask-steps must be >= 1 and --mask-sparsity >= 0"),
+            (self.mask_relaxation in RELAXATIONS,
+             f"--mask-relaxation must be one of {', '.join(RELAXATIONS)}, got {self.mask_relaxation!r}"),
+            (self.refine_max_units >= 1, f"--refine-max-units must be >= 1, got {self.refine_max_units}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -121,6 +144,8 @@ class Setup:
     bins_L: torch.Tensor
     collector: MuCollector
     view_source: str
+    targets: np.ndarray | None = None
+    references: np.ndarray | None = None
 
     @property
     def layout(self) -> UnitLayout:
@@ -133,7 +158,15 @@ def prepare(cfg: LocalizeConfig, world: World) -> Setup:
     ds = open_dataset(cfg.data)
     plan = model_plan(cfg.model, ds)
     subset = cfg.subset or ("train" if plan is not None else "all")
-    if cfg.ids is not None:
+    targets = refs = None
+    if cfg.targets is not None:
+        targets = resolve_ids(cfg.targets, plan, len(ds), "--targets")
+    if cfg.method in PER_IMAGE:
+        assert targets is not None
+        given = None if cfg.references is None else resolve_ids(cfg.references, plan, len(ds), "--references")
+        refs = choose_references(cfg.method, targets, given, plan, cfg.reference_count, cfg.seed)
+        subset, ids = "targets", np.union1d(targets, refs)
+    elif cfg.ids is not None:
         subset, ids = "ids", np.unique(np.asarray(cfg.ids, dtype=np.int64))
         if len(ids) and not 0 <= ids[0] <= ids[-1] < len(ds):
             raise UserError(f"image ids must be in 0..{len(ds) - 1} for {ds.describe()}")
@@ -159,7 +192,20 @@ def prepare(cfg: LocalizeConfig, world: World) -> Setup:
         raise UserError(f"--bins: {e}") from e
     views, view_seed, view_source = choose_views(cfg)
     collector = MuCollector(iar, layers, bins_L, views, view_seed, cfg.dtype)
-    return Setup(iar, source, ds, plan, subset, ids, layers, bins_L, collector, view_source)
+    if targets is not None and cfg.method == "unitmem" and not np.isin(targets, ids).all():
+        missing = int(targets[~np.isin(targets, ids)][0])
+        raise UserError(f"--targets image {missing} is not among the {len(ids)} images UnitMem runs over "
+                        f"(subset {subset!r}); choose targets in the subset or widen it")
+    return Setup(iar, source, ds, plan, subset, ids, layers, bins_L, collector, view_source, targets, refs)
+
+
+def resolve_ids(spec: str | tuple[int, ...], plan: Plan | None, num_images: int, flag: str) -> np.ndarray:
+    """Sorted ids from a list, an id file, or the name of a group of the model's plan."""
+    if isinstance(spec, str) and spec in GROUP_NAMES:
+        if plan is None:
+            raise UserError(f"{flag} {spec}: the model records no planting manifest; pass image ids instead")
+        return np.unique(np.asarray(getattr(plan, f"{spec}_ids"), dtype=np.int64))
+    return parse_ids(spec, num_images, flag=flag)
 
 
 def choose_views(cfg: LocalizeConfig) -> tuple[tuple[int, ...], int, str]:
@@ -196,7 +242,23 @@ def settings_of(cfg: LocalizeConfig, setup: Setup) -> dict[str, Any]:
             "subset": setup.subset, "fraction": cfg.fraction, "per_class": cfg.per_class,
             **({"ids": [int(i) for i in setup.ids]} if cfg.ids is not None else {}),
             "bins": setup.layout.num_bins, "batch_size": cfg.batch_size, "seed": cfg.seed, "dtype": cfg.dtype,
-            "stat": cfg.stat, "lanes": cfg.lanes}
+            "stat": cfg.stat, "lanes": cfg.lanes, **_method_settings(cfg, setup)}
+
+
+def _method_settings(cfg: LocalizeConfig, setup: Setup) -> dict[str, Any]:
+    """The per-image methods' and refinement's settings (absent for a plain UnitMem run, as before)."""
+    out: dict[str, Any] = {}
+    if cfg.method != "unitmem":
+        out |= {"method": cfg.method, "reference_count": cfg.reference_count,
+                "references": [int(r) for r in setup.references] if setup.references is not None else None}
+    if cfg.method == "mask":
+        out |= {"mask_steps": cfg.mask_steps, "mask_sparsity": cfg.mask_sparsity,
+                "mask_relaxation": cfg.mask_relaxation}
+    if setup.targets is not None:
+        out["targets"] = [int(t) for t in setup.targets]
+    if cfg.refine:
+        out |= {"refine": True, "refine_max_units": cfg.refine_max_units}
+    return out
 
 
 def localize(cfg: LocalizeConfig, world: World | None = None, *, stop_after: int | None = None) -> dict | None:
@@ -237,10 +299,16 @@ def _localize(cfg: LocalizeConfig, world: World, stop_after: int | None) -> dict
     out = Path(cfg.out)
     done = all_gather_object(bool(run is not None and run.done), world)[0]
     if done:
+        summary = None
         if world.is_main:
             log(f"{out}: this localize run already finished")
-            return json.loads((out / SUMMARY_FILE).read_text())
-        return None
+            summary = json.loads((out / SUMMARY_FILE).read_text())
+        return _refined(cfg, setup, summary, world)
+    if cfg.method in PER_IMAGE:
+        assert setup.targets is not None and setup.references is not None
+        log_method(cfg, setup.targets, setup.references, world)
+        summary = run_targeted(cfg, setup, run, setup.targets, setup.references, world)
+        return _refined(cfg, setup, summary, world)
     if world.size > 1 and cfg.lanes % world.size and world.is_main:
         log(f"note: {world.size} processes do not divide --lanes {cfg.lanes}: float64 sums may differ from one "
             f"process's in the last bits")
@@ -285,7 +353,17 @@ def _localize(cfg: LocalizeConfig, world: World, stop_after: int | None) -> dict
         assert run is not None
         summary = _finish(cfg, setup, run, total, store, elapsed, world)
     barrier(world)
-    return summary
+    return _refined(cfg, setup, summary, world)
+
+
+def _refined(cfg: LocalizeConfig, setup: Setup, summary: dict | None, world: World) -> dict | None:
+    """With --refine: each target's causally checked units in refined.json (the targets sharded over ranks)."""
+    if not cfg.refine:
+        return summary
+    assert setup.targets is not None
+    from iarmem.localize.refine_run import refine_targets
+
+    return refine_targets(cfg, setup, summary, world)
 
 
 def _open_store(path: Path, num_images: int, size: int, position: int) -> ValueStore:

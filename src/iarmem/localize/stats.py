@@ -114,6 +114,15 @@ class BinReducer:
             out_SKU[:, k] = part.sum(dim=1, dtype=torch.float32) / self.counts[k]
         return out_SKU
 
+    def signed_sums(self, value_SLU: Tensor) -> Tensor:
+        """Signed sums over the positions of each bin: [S, L, U] -> [S, K, U] float32 (attributions add up
+        over positions, so the bins of a unit add up to its whole effect)."""
+        if value_SLU.dim() != 3 or value_SLU.shape[1] != self.seq_len:
+            raise ValueError(f"expected [S, {self.seq_len}, U] values, got {tuple(value_SLU.shape)}")
+        parts = [value_SLU[:, g] if isinstance(g, slice) else value_SLU.index_select(1, g.to(value_SLU.device))
+                 for g in self.groups]
+        return torch.stack([p.sum(dim=1, dtype=torch.float32) for p in parts], dim=1)
+
 
 def augmentation_mean(mu_SKU: Tensor, augs: int) -> Tensor:
     """[B*A, K, U] per-augmentation bin means (image-major) -> [B, K*U] per-image mu, float32."""

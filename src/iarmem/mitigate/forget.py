@@ -17,7 +17,15 @@ import numpy as np
 
 from iarmem.errors import UserError
 from iarmem.mitigate.localization import Localization
-from iarmem.mitigate.select import Scores, Selection, control_like, reduce_scores, resolve_reduce, top_selection
+from iarmem.mitigate.select import (
+    Scores,
+    Selection,
+    control_like,
+    ranked,
+    reduce_scores,
+    resolve_reduce,
+    top_selection,
+)
 
 MATCHES = ("any", "reduced")
 
@@ -88,3 +96,32 @@ def forget_units(loc: Localization, ids: Sequence[int] | np.ndarray | None = Non
     base = Selection(scores.to_units(np.flatnonzero(mask)), dict(zip(scores.names, scores.blocks)), "forget", "none",
                      top, scope, reduce, bin, None, len(scores.flat), extra)
     return control_like(base, scores, control, seed)
+
+
+READINGS = ("per_image", "global")
+
+
+def image_ranking(loc: Localization, image_id: int, reading: str = "per_image") -> tuple[Scores, np.ndarray]:
+    """The fc1 unit scores and the flat indices a localization names for one image, best first.
+
+    ``global``: every unit by the run-level score (the paper's ranking). ``per_image``: a per-image
+    method's run ranks every unit by the image's own score; a UnitMem run names the units whose
+    peak bin the image owns, by UnitMem. Units refined for the image (``--refine``) come first.
+    """
+    if reading not in READINGS:
+        raise ValueError(f"unknown reading {reading!r}; choose one of {', '.join(READINGS)}")
+    scores = reduce_scores(loc, "max")
+    if reading == "global":
+        return scores, ranked(scores.flat, highest=True)
+    if image_id in loc.per_image:
+        order = ranked(loc.image_unit_scores(image_id, scores.names), highest=True)
+    else:
+        order = ranked(scores.flat, highest=True)
+        mine = owned_units(loc, scores, np.array([image_id]), "reduced", "max", None)
+        order = order[mine[order]]
+    if image_id in loc.refined:
+        first = scores.to_flat(loc.refined[image_id])
+        order = np.concatenate([order[np.isin(order, first)], first[~np.isin(first, order)],
+                                order[~np.isin(order, first)]])
+    return scores, order
+

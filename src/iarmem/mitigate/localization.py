@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from iarmem.runs import RUN_FILE, fingerprint, require_finished
 
 UNITMEM_FILE = "unitmem.safetensors"
 SUMMARY_FILE = "summary.json"
+PER_IMAGE_FILE = "per_image.safetensors"
+REFINED_FILE = "refined.json"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,28 @@ class Localization:
     argmax: dict[str, np.ndarray]
     image_ids: np.ndarray
     bin_labels: tuple[str, ...]
+    per_image: dict[int, np.ndarray] = field(default_factory=dict)  # per-image methods: [F] scores per target
+    unit_reduce: str = "max"  # how a per-image [bins] score becomes a unit's score
+    refined: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # --refine: checked units per image
+
+    @property
+    def method(self) -> str:
+        return str(self.summary.get("method", "unitmem"))
+
+    def image_unit_scores(self, image: int, names: tuple[str, ...] | list[str]) -> np.ndarray:
+        """One image's own score per unit of the ``names`` layers (in that order), float64."""
+        row = self.per_image[image]
+        spans, o = {}, 0
+        for info in self.layers:
+            spans[info.name] = (o, info.width)
+            o += self.num_bins * info.width
+        parts = []
+        for name in names:
+            start, width = spans[name]
+            table = np.nan_to_num(row[start:start + self.num_bins * width].reshape(self.num_bins, width)
+                                  .astype(np.float64), nan=0.0)
+            parts.append(table.sum(0) if self.unit_reduce == "sum" else table.max(0))
+        return np.concatenate(parts)
 
     @property
     def num_bins(self) -> int:
@@ -111,12 +135,43 @@ def load_localization(path: str | os.PathLike) -> Localization:
             if shape != (num_bins, info.width):
                 raise UserError(f"{f}: {info.name}.{what} has shape {shape}, the summary says "
                                 f"({num_bins}, {info.width}); the run is damaged, rerun `iarmem localize`")
+    per_image, reduce = _per_image(p, num_bins * sum(i.width for i in layers))
     return Localization(
         path=p.resolve(), summary=summary, run=run, layers=layers,
         unitmem={i.name: tensors[f"{i.name}.unitmem"].astype(np.float32) for i in layers},
         argmax={i.name: tensors[f"{i.name}.argmax"].astype(np.int64) for i in layers},
         image_ids=tensors["image_ids"].astype(np.int64).reshape(-1), bin_labels=labels,
+        per_image=per_image, unit_reduce=reduce, refined=_refined(p),
     )
+
+
+def _per_image(p: Path, size: int) -> tuple[dict[int, np.ndarray], str]:
+    """per_image.safetensors of a per-image method's run (absent for UnitMem): {target: [F]}, unit reduce."""
+    f = p / PER_IMAGE_FILE
+    if not f.is_file():
+        return {}, "max"
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            reduce = (fh.metadata() or {}).get("unit_reduce", "max")
+            ids, scores = fh.get_tensor("image_ids").numpy(), fh.get_tensor("scores").numpy()
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"cannot read {f}: truncated or not a safetensors file ({e}); rerun `iarmem localize`") from e
+    if scores.shape != (len(ids), size):
+        raise UserError(f"{f} holds scores of shape {tuple(scores.shape)}, expected ({len(ids)}, {size}); the run is "
+                        f"damaged, rerun `iarmem localize`")
+    return {int(i): scores[k] for k, i in enumerate(ids)}, reduce
+
+
+def _refined(p: Path) -> dict[int, dict[str, list[int]]]:
+    f = p / REFINED_FILE
+    if not f.is_file():
+        return {}
+    try:
+        obj = json.loads(f.read_text())
+        return {int(r["image"]): {k: [int(u) for u in v] for k, v in r["units"].items()}
+                for r in obj["images"] if r["status"] == "refined"}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{f} is damaged ({e}); rerun `iarmem localize --refine`") from e
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
