@@ -38,7 +38,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
     argv = ["bench", str(model_dir), "mnist", "--stages", "inj", "--rates", "5", "--images", "1", "--stats", "mean",
-            "--steps", "300", "--out", str(out)]
+            "--methods", "gradient", "--steps", "300", "--out", str(out)]
     assert main(argv) == 0
     (rec_file,) = (out / "inj").glob("*.json")
     rec = json.loads(rec_file.read_text())
@@ -51,6 +51,9 @@ def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys:
     (row,) = s["inj"]
     assert row["injected"] == 1 and row["ablation_removes"] == 1 and row["random_removes"] == 0
     assert row["localizers"]["unitmem-mean/global@5"]["recall"] == score["global_recall_at_5"]
+    grad = rec["gradient"]  # a per-image method ranks every unit for the image
+    assert grad["per_image_named"] == 4 * 512 and grad["random_recall_at_5"] == pytest.approx(0.05)
+    assert row["localizers"]["gradient/per_image@5"]["recall"] == grad["per_image_recall_at_5"]
     assert not list((out / "inj").glob("scratch-*")), "scratch models and localizations must be removed"
     assert "unitmem-mean/global" in capsys.readouterr().out
 
@@ -64,6 +67,8 @@ def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys:
 
 @pytest.mark.parametrize("extra, message", [
     (["--stats", "mode"], "--stats"),
+    (["--methods", "gradient+fix"], "--methods"),
+    (["--stats", "none", "--methods", "none"], "no localizer to score"),
     (["--rates", "0"], "--rates"),
     (["--images", "0"], "--images"),
     (["--steps", "0"], "--steps"),
@@ -103,13 +108,15 @@ def test_del_localizes_the_model_and_judges_only_memorized_images(model_dir: Pat
     """The random-token model memorized none of its planted MNIST images: DEL says so and edits nothing."""
     out = tmp_path / "del"
     assert main(["bench", str(model_dir), "mnist", "--stages", "del", "--budgets", "5", "--controls", "1",
-                 "--out", str(out)]) == 0
+                 "--methods", "gradient", "--out", str(out)]) == 0
     result = json.loads((out / "del.json").read_text())
     assert result["reference"]["candidates"] == 2 and result["reference"]["memorized"] == []
     assert result["records"] == []
     assert json.loads((out / "localize" / "run.json").read_text())["status"] == "finished"
     s = json.loads((out / "summary.json").read_text())
     assert s["del"]["memorized"] == 0 and "inj" not in s
+    assert s["del_methods"]["gradient"]["memorized"] == 0 and (out / "del-gradient.json").is_file()
+    assert json.loads((out / "localize-gradient" / "summary.json").read_text())["method"] == "gradient"
 
 
 def test_quick_runs_the_stages_and_reuses_the_model_it_trained(model_dir: Path, tmp_path: Path,
@@ -124,6 +131,7 @@ def test_quick_runs_the_stages_and_reuses_the_model_it_trained(model_dir: Path, 
     assert s["stages"] == ["del", "paper", "dup"] and "inj" not in s
     assert set(s["seconds"]) == {"del", "paper", "dup"} and min(s["seconds"].values()) > 0
     assert s["del"]["unedited"]["fid"] > 0 and s["del"]["candidates"] == 2
+    assert s["del_methods"]["gradient"]["candidates"] == 2  # --quick scores one per-image method beside UnitMem
     assert [(r["p"], r["who"]) for r in s["paper"]] == [(0, "unedited"), (5, "top"), (5, "lowest"), (5, "random")]
     assert len({r["units"] for r in s["paper"][1:]}) == 1  # the controls edit as many units as the top ones
     dup = s["dup"]

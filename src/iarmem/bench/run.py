@@ -145,7 +145,7 @@ def _one(base: IAR, src: Source, keep: Any, keep_labels: torch.Tensor, rate: flo
             rec[f"unitmem_{stat}"] = score_injection(load_localization(loc_dir), image, units, (rate, 2 * rate))
         for method in s.methods:  # the image alone against the other held-out images (never trained on)
             loc_dir = scratch / f"loc-{method}"
-            refs = tuple(int(i) for i in src.plan.heldout_ids if i != image)
+            refs = inj_references(src.plan, image, seed)
             localize(LocalizeConfig(model=str(model_dir), data=src.data, out=str(loc_dir), targets=(image,),
                                     references=refs, batch_size=s.batch_size, seed=seed, device=src.device,
                                     **method_config(method)))
@@ -153,6 +153,17 @@ def _one(base: IAR, src: Source, keep: Any, keep_labels: torch.Tensor, rate: flo
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return rec
+
+
+def inj_references(plan: Plan, image: int, seed: int, least: int = 8) -> tuple[int, ...]:
+    """The per-image methods' references for an injected image: the other held-out images, topped up with
+    ordinary training images (seeded) when the plan holds out fewer than ``least``."""
+    held = [int(i) for i in plan.heldout_ids if i != image]
+    if len(held) >= least:
+        return tuple(held)
+    rng = np.random.default_rng([seed, image, 16])
+    extra = rng.choice(plan.ordinary_ids, size=min(least - len(held), len(plan.ordinary_ids)), replace=False)
+    return tuple(sorted(held + [int(i) for i in extra]))
 
 
 def _view_tokens(iar: IAR, src: Source, image: int) -> Any:
