@@ -22,6 +22,13 @@ SUMMARY = {
                                     "neg_removed": 0.07, "fid_change": 0.12},
                       "random": {"units_mean": 10.6, "self_removed": 0.05, "neg_removed": 0.06,
                                  "fid_change": -0.03}}]},
+    "del_methods": {"gradient": {"method": "gradient", "memorized": 15, "candidates": 20, "unedited": {"fid": 2.49},
+                                 "rows": [{"budget": 1.0,
+                                           "localizer": {"units_mean": 20.0, "self_removed": 0.67,
+                                                         "self_removed_ci95": [0.4, 0.87], "neg_removed": 0.57,
+                                                         "fid_change": 0.35},
+                                           "random": {"units_mean": 20.0, "self_removed": 0.1, "neg_removed": 0.1,
+                                                      "fid_change": 0.02}}]}},
     "paper": [{"p": 0.0, "who": "unedited", "draws": 1, "units": 0, "planted_rate": 0.75,
                "planted_ci95": [0.53, 0.89], "fid": 2.49, "class_accuracy": 0.885},
               {"p": 10.0, "who": "top", "draws": 1, "units": 204, "planted_rate": 0.55,
@@ -43,7 +50,8 @@ def test_bench_section_shows_every_stage_beside_its_control(tmp_path: Path) -> N
     html = build_report([str(tmp_path / "bench")])
     section = html[html.index('id="bench"'):html.index('id="runs"')]
     heads = re.findall(r"<h4>(.*?)</h4>", section)
-    assert [h.split(":")[0] for h in heads] == ["INJ", "DEL", "PAPER", "DUP"]
+    assert [h.split(":")[0] for h in heads] == ["INJ", "DEL (UnitMem)", "DEL (gradient)", "PAPER", "DUP"]
+    assert "self removed: gradient (95 % CI)" in section and "0.67 (0.40&ndash;0.87)" in section
     assert "0.350 (0.300&ndash;0.400)" in section and "<td class=\"num\">0.010</td>" in section  # recall beside chance
     assert "unedited FID 2.49" in section and "+0.12" in section and "-0.03" in section
     assert "random (3 draws)" in section and "0.55 (0.34&ndash;0.74)" in section

@@ -1,7 +1,8 @@
 """One figure of a bench run: a panel per stage that ran, each beside its chance or control line.
 
 INJ: recall of the injected units against k, per UnitMem reading, with chance (k %). DEL: self and
-neg removal and the FID change against the budget, UnitMem's units against random ones. PAPER: the
+neg removal and the FID change against the budget, UnitMem's units against random ones; the
+per-image localizers' self removal beside their own random controls. PAPER: the
 planted images still extracted against p, top against lowest and random units. DUP: the share
 reproduced and the membership AUC against the copies per epoch.
 """
@@ -20,7 +21,8 @@ from iarmem.fileio import atomic_path  # noqa: E402
 
 
 def bench_figure(summary: dict[str, Any], path: str | os.PathLike) -> None:
-    panels = [(k, f) for k, f in (("inj", _inj), ("del", _del), ("paper", _paper), ("dup", _dup)) if summary.get(k)]
+    panels = [(k, f) for k, f in (("inj", _inj), ("del", _del), ("del_methods", _del_methods), ("paper", _paper),
+                                  ("dup", _dup)) if summary.get(k)]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
@@ -73,6 +75,20 @@ def _del(ax: Any, block: dict[str, Any]) -> None:
         twin.plot([f[0] for f in fid], [f[1] for f in fid], "C2-", lw=1, label="FID change, UnitMem")
         twin.plot([f[0] for f in fid], [f[2] for f in fid], "C2:", lw=1, label="FID change, random")
         twin.set_ylabel("FID change", color="C2")
+
+
+def _del_methods(ax: Any, blocks: dict[str, dict[str, Any]]) -> None:
+    """Self removal against the budget for every per-image localizer, each beside its own random control."""
+    for i, (name, block) in enumerate(sorted(blocks.items())):
+        rows = [r for r in block["rows"] if r.get("localizer") and r.get("random")]
+        b = [r["budget"] for r in rows]
+        ax.plot(b, [r["localizer"]["self_removed"] for r in rows], f"C{i}-", marker="o", ms=3, label=f"{name}")
+        ax.plot(b, [r["random"]["self_removed"] for r in rows], f"C{i}:", lw=1, label=f"random, as many as {name}")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("budget (% of fc1 units removed)")
+    ax.set_ylabel("share of memorized images stopped (self)")
+    ax.set_title("DEL: per-image localizers", fontsize=9)
 
 
 def _paper(ax: Any, rows: list[dict[str, Any]]) -> None:

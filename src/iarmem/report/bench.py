@@ -39,7 +39,7 @@ def _inj(rows: list[dict[str, Any]]) -> str:
         body, numeric=[True, True, True, False, True, True, True]))
 
 
-def _del(block: dict[str, Any]) -> str:
+def _del(block: dict[str, Any], name: str = "UnitMem") -> str:
     body = []
     for r in block.get("rows") or []:
         a, c = as_dict(r.get("localizer")), as_dict(r.get("random"))
@@ -49,12 +49,12 @@ def _del(block: dict[str, Any]) -> str:
                      _f(c["self_removed"]), _f(a.get("neg_removed")), _f(c.get("neg_removed")),
                      _f(a.get("fid_change"), "+.2f"), _f(c.get("fid_change"), "+.2f")])
     ref = as_dict(block.get("unedited"))
-    head = (f"<h4>DEL: {block.get('memorized')} memorized of {block.get('candidates')} planted images"
+    head = (f"<h4>DEL ({esc(name)}): {block.get('memorized')} memorized of {block.get('candidates')} planted images"
             f"{'; unedited FID ' + format(ref['fid'], '.2f') if ref.get('fid') is not None else ''}</h4>")
     if not body:
         return head + note("no memorized planted image to delete")
-    return head + table(["budget %", "units", "self removed: UnitMem (95 % CI)", "self removed: random",
-                         "neg removed: UnitMem", "neg removed: random", "FID change: UnitMem", "FID change: random"],
+    return head + table(["budget %", "units", f"self removed: {name} (95 % CI)", "self removed: random",
+                         f"neg removed: {name}", "neg removed: random", f"FID change: {name}", "FID change: random"],
                         body, numeric=[True] * 8)
 
 
@@ -89,6 +89,8 @@ def _one(g: ModelGroup, r: Run) -> str:
         body += _inj(s["inj"])
     if s.get("del"):
         body += _del(s["del"])
+    for method, block in sorted(as_dict(s.get("del_methods")).items()):
+        body += _del(block, method)
     if s.get("paper"):
         body += _paper(s["paper"])
     if s.get("dup"):
@@ -104,6 +106,7 @@ def bench_section(groups: list[ModelGroup]) -> str:
         return missing("bench", "`iarmem bench MODEL DATA --out RUN` scores localizers on injected ground truth")
     return "".join(parts) + note(
         "INJ: units chosen at random learn a held-out image; a localizer should name them (chance: k %). "
-        "DEL: removing the units UnitMem names for a memorized image should stop its extraction (self) and leave "
-        "the others (neg), against as many random units of the same layers. PAPER: the paper's edit against the "
+        "DEL: removing the units a localizer (UnitMem, or a per-image method: zscore, gradient, mask, +refine) names "
+        "for a memorized image should stop its extraction (self) and leave the others (neg), against as many random "
+        "units of the same layers. PAPER: the paper's edit against the "
         "lowest and random units. DUP: memorization of images planted at graded duplication. See docs/BENCH.md.")
