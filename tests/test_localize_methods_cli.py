@@ -121,3 +121,10 @@ def test_references_that_overlap_the_targets_are_refused(folder: Path, tmp_path:
     err = capsys.readouterr().err.strip()
     assert f"share image {planted[0]}" in err and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_targets_alone_choose_the_per_image_default(folder: Path, tmp_path: Path) -> None:
+    assert main(["localize", str(folder), "mnist", "--out", str(tmp_path / "t"), "--targets", "planted", *FAST]) == 0
+    assert load_localization(tmp_path / "t").method == "gradient"  # the bench's best (RESULTS section 9)
+    assert main(["localize", str(folder), "mnist", "--out", str(tmp_path / "u"), *FAST]) == 0
+    assert load_localization(tmp_path / "u").method == "unitmem"  # the paper's setting is unchanged

@@ -26,6 +26,7 @@ from iarmem.models.base import UNIT_KINDS
 from iarmem.plans import SUBSETS
 
 METHODS = ("unitmem", "zscore", "gradient", "mask")
+PER_IMAGE_DEFAULT = "gradient"  # chosen by the ground-truth bench (docs/RESULTS.md section 9)
 RELAXATIONS = ("hardconcrete", "l1")
 
 if TYPE_CHECKING:
@@ -60,6 +61,13 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     if bad or not kinds:
         raise UserError(f"--kinds {text!r}: choose from {', '.join(UNIT_KINDS)} (comma-separated)")
     return kinds
+
+
+def resolve_method(method: str, targets: str | None) -> str:
+    """``auto``: the paper's UnitMem for a whole subset, the best per-image localizer for --targets."""
+    if method != "auto":
+        return method
+    return PER_IMAGE_DEFAULT if targets else "unitmem"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,8 +118,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="float64 partial sums by image position mod K; runs on a number of processes dividing K "
                         "reproduce a single process's sums bit for bit (default 8)")
     m = p.add_argument_group("per-image localizers (docs/LOCALIZE.md)")
-    m.add_argument("--method", choices=METHODS, default="unitmem",
-                   help="unitmem (default: the paper's, over every image of the subset); zscore (each target's "
+    m.add_argument("--method", choices=("auto", *METHODS), default="auto",
+                   help="auto (default): unitmem without --targets, gradient with them (the best per-image localizer "
+                        "on the ground-truth bench, docs/RESULTS.md section 9); unitmem (the paper's, over every image "
+                        "of the subset); zscore (each target's "
                         "activations as z-scores against the references, after NeMo); gradient (activation x gradient "
                         "of the target's teacher-forced loss minus the references', after Stoehr et al.); mask "
                         "(a learned HardConcrete removal mask per target, after Chang et al.)")
@@ -145,7 +155,8 @@ def config_from_args(args: argparse.Namespace) -> LocalizeConfig:
         subset=args.subset, fraction=args.fraction,
         per_class=args.per_class, bins=args.bins, batch_size=args.batch_size, device=args.device, seed=args.seed,
         dtype=args.dtype, stat=args.stat, save_every=args.save_every, lanes=args.lanes,
-        keep_values=args.keep_values, resume=args.resume, overwrite=args.overwrite, method=args.method,
+        keep_values=args.keep_values, resume=args.resume, overwrite=args.overwrite,
+        method=resolve_method(args.method, args.targets),
         targets=args.targets, references=args.references, reference_count=args.reference_count, refine=args.refine,
         refine_max_units=args.refine_max_units, mask_steps=args.mask_steps, mask_sparsity=args.mask_sparsity,
         mask_relaxation=args.mask_relaxation)
