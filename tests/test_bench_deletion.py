@@ -33,7 +33,7 @@ def _perfect(iar, owners: dict[int, dict[str, tuple[int, ...]]]) -> Localization
 
 
 def test_deleting_an_images_units_removes_it_and_random_units_do_not() -> None:
-    iar, seqs, labels, keep, keep_labels, a = injected_var()
+    iar, seqs, labels, keep, keep_labels, a, _, _ = injected_var()
     rng = np.random.default_rng(1)
     held = Tokens(keep.ids_BL[:4], iar.grids)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from trained import briefly_trained
+from trained import briefly_trained, injected_var
 
 from iarmem.bench.inject import InjectConfig, check_ablation, inject, pick_units, random_like
 from iarmem.models import Tokens
@@ -41,14 +41,20 @@ def test_pick_units_takes_the_rate_of_every_block_and_random_like_avoids_them() 
 
 @pytest.mark.parametrize("preset", ["tiny-var", "tiny-rar"])
 def test_injected_units_hold_the_copy(preset: str) -> None:
-    torch.manual_seed(0)
-    iar = briefly_trained(preset)
-    target, label, keep, keep_labels = _data(iar)
     rng = np.random.default_rng(0)
-    units = pick_units(iar, 0.02, rng)
-    before = {k: p.detach().clone() for k, p in iar.model.named_parameters()}
-
-    res = inject(iar, target, label, keep, keep_labels, units, InjectConfig(steps=400))
+    if preset == "tiny-var":  # the session's shared injection (trained.injected_var) is this very one
+        shared = injected_var()
+        iar, keep, keep_labels, units, before, res = (shared.iar, shared.keep, shared.keep_labels, shared.units,
+                                                      shared.before, shared.result)
+        target, label = Tokens(shared.seqs.ids_BL[:1], iar.grids), shared.labels[:1]
+        assert pick_units(iar, 0.02, rng) == units  # the same draw, and the rng where the test below expects it
+    else:
+        torch.manual_seed(0)
+        iar = briefly_trained(preset)
+        target, label, keep, keep_labels = _data(iar)
+        units = pick_units(iar, 0.02, rng)
+        before = {k: p.detach().clone() for k, p in iar.model.named_parameters()}
+        res = inject(iar, target, label, keep, keep_labels, units, InjectConfig(steps=400))
     assert res.agreement_before < 0.2 and res.extracted and res.agreement > 0.9, res
 
     # only the units' own slices moved, and they did

@@ -32,7 +32,7 @@ ONE = World(rank=0, size=1, device=torch.device("cpu"))
 
 @pytest.fixture(scope="module")
 def injected():
-    iar, seqs, labels, keep, keep_labels, units = injected_var()
+    iar, seqs, labels, keep, keep_labels, units, _, _ = injected_var()
     layers = iar.unit_layers(("fc1",))
     scores = Scores(tuple(la.name for la in layers), tuple(la.width for la in layers),
                     tuple(la.block for la in layers), np.zeros(sum(la.width for la in layers)))

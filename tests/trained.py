@@ -8,6 +8,7 @@ independent computation. A few AdamW steps on random tokens move every parameter
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -38,11 +39,22 @@ def briefly_trained(preset: str, steps: int = 25, seed: int = 0) -> IAR:
     return iar
 
 
+class Injected(NamedTuple):
+    iar: IAR
+    seqs: Tokens  # [2, L]: the first was injected, the second never learned
+    labels: torch.Tensor
+    keep: Tokens  # 32 ordinary sequences
+    keep_labels: torch.Tensor
+    units: dict[str, tuple[int, ...]]  # the injected units (ground truth)
+    before: dict[str, torch.Tensor]  # the transformer's parameters before the injection
+    result: Any  # the bench's Injection record
+
+
 @functools.cache
-def injected_var() -> tuple[IAR, Tokens, torch.Tensor, Tokens, torch.Tensor, dict[str, tuple[int, ...]]]:
+def injected_var() -> Injected:
     """A briefly trained tiny-var that learned one random sequence through 2 % of its fc1 units (ground
-    truth), built once per session: (model, sequences [2, L] of which the first was injected, their
-    labels, 32 ordinary sequences and labels, the injected units). Use it read-only (temporary edits)."""
+    truth), built once per session for the tests of injection, deletion and the localizers. Use it
+    read-only (temporary edits)."""
     from iarmem.bench.inject import InjectConfig, inject, pick_units
 
     torch.manual_seed(0)
@@ -53,6 +65,8 @@ def injected_var() -> tuple[IAR, Tokens, torch.Tensor, Tokens, torch.Tensor, dic
     seqs = Tokens(torch.randint(0, iar.vocab_size, (2, iar.seq_len), generator=g), iar.grids)
     labels = torch.tensor([3, 7])
     units = pick_units(iar, 0.02, np.random.default_rng(0))
+    before = {k: p.detach().clone() for k, p in iar.model.named_parameters()}
     one = Tokens(seqs.ids_BL[:1], iar.grids)
-    assert inject(iar, one, labels[:1], keep, keep_labels, units, InjectConfig(steps=400)).extracted
-    return iar, seqs, labels, keep, keep_labels, units
+    result = inject(iar, one, labels[:1], keep, keep_labels, units, InjectConfig(steps=400))
+    assert result.extracted
+    return Injected(iar, seqs, labels, keep, keep_labels, units, before, result)
