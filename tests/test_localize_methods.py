@@ -148,3 +148,16 @@ def test_refine_returns_a_small_checked_set_that_stops_the_copy(injected) -> Non
             assert agreement(iar, target, label) > 0.9, u
     assert agreement(iar, target, label) > 0.9  # the model is restored
     assert len(np.intersect1d(chosen, scores.to_flat(units))) > 0  # what it keeps includes the injected units
+
+    # re-ranking by the gradient on the edited model after each doubling leaves the poor ranking at once
+    col = _collector(iar)
+
+    def rerank(removed: np.ndarray) -> np.ndarray:
+        attr = _unit_scores(attribution_from_tokens(col, target, label, scores.to_units(removed))[0], col, "sum")
+        attr[removed] = -np.inf
+        return np.lexsort((np.arange(len(attr)), -attr))
+
+    again = refine(iar, 7, target, label, order, scores, RefineConfig(max_units=1024, max_tries=256), rerank)
+    assert again.status == "refined" and again.grown * 4 <= r.grown, (again.grown, r.grown)
+    with temporary_edit(iar, scores.to_units(np.asarray(again.units)), "exact", 0.0):
+        assert agreement(iar, target, label) <= 0.9

@@ -111,7 +111,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="INJ: percent of the fc1 units of every block to inject through (default 0.5,1,2)")
     p.add_argument("--images", type=int, default=2, help="INJ: held-out images injected per rate (default 2)")
     p.add_argument("--stats", default="mean,median",
-                   help="UnitMem statistics to score in INJ (default mean,median; none: UnitMem left out of INJ)")
+                   help="UnitMem statistics to score in INJ (default mean,median; none: UnitMem left out of INJ "
+                        "and DEL)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"per-image localizers scored beside UnitMem in INJ and DEL (default {','.join(METHODS)}; "
                         f"none: UnitMem alone)")
@@ -245,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         assert ctx is not None
         ctx.prepare()
         quality = _quality(ctx)
-        for method in ("unitmem", *s.methods):
+        for method in (("unitmem",) if s.stats else ()) + s.methods:
             result = run_del(iar, src, d, run_.path, args.seed, args.batch_size, quality, method)
             block = {"method": method, "memorized": len(result["reference"]["memorized"]),
                      "candidates": result["reference"]["candidates"],

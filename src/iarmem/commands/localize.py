@@ -134,8 +134,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--refine", action="store_true",
                    help="after any method: per target, the smallest prefix of its ranking whose removal stops the "
                         "greedy attack, pruned by blocks then units (refined.json)")
-    m.add_argument("--refine-max-units", type=int, default=64,
-                   help="--refine: most units tried per target (default 64)")
+    m.add_argument("--refine-max-units", type=int, default=256,
+                   help="--refine: most units tried per target (default 256)")
     m.add_argument("--mask-steps", type=int, default=100, help="mask: optimisation steps per target (default 100)")
     m.add_argument("--mask-sparsity", type=float, default=1.0,
                    help="mask: weight of the expected share of units removed (default 1)")

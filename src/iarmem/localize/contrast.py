@@ -14,7 +14,7 @@ is flat in the number of references, and a sharded run adds exactly what one pro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,10 +50,17 @@ def attribution(collector: MuCollector, ds: ImageDataset, ids_B: np.ndarray, pad
     return attribution_from_tokens(collector, tokens, labels)[:n]
 
 
-def attribution_from_tokens(collector: MuCollector, tokens: Tokens, labels_S: Tensor) -> Tensor:
-    """[B, F] from the tokens and labels of B*A image-major sequences (see ``attribution``)."""
+def attribution_from_tokens(collector: MuCollector, tokens: Tokens, labels_S: Tensor,
+                            removed: dict[str, Sequence[int]] | None = None) -> Tensor:
+    """[B, F] from the tokens and labels of B*A image-major sequences (see ``attribution``); ``removed``
+    units are gated to zero first (the exact edit), so the rest are scored on the edited model."""
     iar, layers = collector.iar, collector.layers
-    gates = {layer.name: torch.ones(layer.width, device=iar.device, requires_grad=True) for layer in layers}
+    gates = {}
+    for layer in layers:
+        g = torch.ones(layer.width, device=iar.device)
+        if removed and removed.get(layer.name):
+            g[list(removed[layer.name])] = 0.0
+        gates[layer.name] = g.requires_grad_(True)
     kept: dict[str, Tensor] = {}
     start = scored_start(collector)
     with only_trainable(iar, set()), unit_gates(iar, layers, gates, kept), torch.enable_grad():

@@ -14,6 +14,7 @@ Every step is a real edit and a real generation, so the result is causal by cons
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +26,13 @@ from iarmem.mitigate.edit import temporary_edit
 from iarmem.mitigate.select import Scores
 from iarmem.models.base import IAR, Tokens
 
+Rerank = Callable[[np.ndarray], np.ndarray]  # removed flat units -> every unit, best first, on the edited model
+
 
 @dataclass(frozen=True)
 class RefineConfig:
-    max_units: int = 64
-    max_tries: int = 64
+    max_units: int = 256
+    max_tries: int = 128
     bar: float = 0.9
 
 
@@ -64,18 +67,29 @@ class _Checker:
 
 
 def refine(iar: IAR, image: int, target: Tokens, label: Tensor, order: np.ndarray, scores: Scores,
-           cfg: RefineConfig = RefineConfig()) -> Refined:
-    """Refine ``order`` (flat unit indices, best first) for one image; ``target`` is its eval view [1, L]."""
+           cfg: RefineConfig = RefineConfig(), rerank: Rerank | None = None) -> Refined:
+    """Refine ``order`` (flat unit indices, best first) for one image; ``target`` is its eval view [1, L].
+
+    With ``rerank`` (removed units -> a ranking of every unit on the model with those removed) the
+    grow step re-ranks after each doubling, so a copy that reroutes through backup units once its
+    first units are gone is followed there (iterative pruning) rather than read off one ranking.
+    """
     check = _Checker(iar, target, label, scores, cfg.bar)
     before = agreement(iar, target, label)
     if before <= cfg.bar:
         return Refined(image, "not extracted", before)
     limit = min(cfg.max_units, len(order))
-    n, low = 1, 0
-    while not check.stopped(order[:n]):
-        if n >= limit:
+    if rerank is not None:
+        grown = _grow_reranked(check, order, rerank, limit)
+        if grown is None:
             return Refined(image, "not stopped", before, checks=check.calls)
-        low, n = n, min(2 * n, limit)
+        order, (low, n) = grown
+    else:
+        n, low = 1, 0
+        while not check.stopped(order[:n]):
+            if n >= limit:
+                return Refined(image, "not stopped", before, checks=check.calls)
+            low, n = n, min(2 * n, limit)
     while n - low > 1:  # smallest stopping prefix in (low, n]
         mid = (low + n) // 2
         if check.stopped(order[:mid]):
@@ -95,6 +109,24 @@ def refine(iar: IAR, image: int, target: Tokens, label: Tensor, order: np.ndarra
             chosen = rest
     after = check.agreement(np.asarray(chosen))
     return Refined(image, "refined", before, [int(u) for u in chosen], n, after, check.calls)
+
+
+def _grow_reranked(check: _Checker, order: np.ndarray, rerank: Rerank,
+                   limit: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """Doubling with a fresh ranking each time: (the removal sequence, (last failing, first stopping
+    length)), or None when ``limit`` units do not stop the copy."""
+    removed = np.zeros(0, dtype=np.int64)
+    ranking = np.asarray(order, dtype=np.int64)
+    while True:
+        low = len(removed)
+        want = min(max(1, 2 * low), limit)
+        fresh = ranking[~np.isin(ranking, removed)][:want - low]
+        removed = np.concatenate([removed, fresh])
+        if check.stopped(removed):
+            return removed, (low, len(removed))
+        if len(removed) >= limit:
+            return None
+        ranking = np.asarray(rerank(removed), dtype=np.int64)
 
 
 def _blocks_of(scores: Scores, flat: np.ndarray) -> list[int]:

@@ -91,7 +91,7 @@ class LocalizeConfig:
     references: str | tuple[int, ...] | None = None  # the same; None: the plan's held-out images
     reference_count: int = 64
     refine: bool = False
-    refine_max_units: int = 64
+    refine_max_units: int = 256
     mask_steps: int = 100
     mask_sparsity: float = 1.0
     mask_relaxation: str = "hardconcrete"
