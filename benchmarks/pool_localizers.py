@@ -27,7 +27,10 @@ from iarmem.bench.score import bootstrap_interval  # noqa: E402
 FAMILIES = {"var": "tiny-var", "rar": "tiny-rar", "llamagen": "tiny-llamagen"}
 SEEDS = (0, 1, 2)
 METHODS = ("unitmem_mean", "zscore", "gradient", "mask", "gradient+refine")
-DEL_METHODS = ("unitmem", "zscore", "gradient", "mask", "gradient+refine")
+# (folder under ROOT, method, label): del2 holds the re-ranking refinement (gradient+refine after the change)
+DEL_METHODS = (("del", "unitmem", "unitmem"), ("del", "zscore", "zscore"), ("del", "gradient", "gradient"),
+               ("del", "mask", "mask"), ("del", "gradient+refine", "gradient+refine (one ranking, 64 units)"),
+               ("del2", "gradient+refine", "gradient+refine (re-ranked, 256 units)"))
 
 
 def _records(folder: Path) -> list[dict[str, Any]]:
@@ -66,13 +69,14 @@ def inj_rows(root: Path, unitmem: Path | None) -> list[list[str]]:
     return rows
 
 
-def del_pooled(root: Path, family: str, method: str, budgets: tuple[float, ...]) -> dict[float, dict[str, Any]]:
+def del_pooled(root: Path, family: str, method: str, budgets: tuple[float, ...],
+               sub: str = "del") -> dict[float, dict[str, Any]]:
     """Per budget, over the memorized images of every seed: self / neg removal, random self, FID change."""
     per: dict[float, dict[str, list[float]]] = {b: {"self": [], "neg": [], "rand": [], "rand_neg": [], "fid": [],
                                                      "rfid": [], "units": []} for b in budgets}
     memorized = 0
     for s in SEEDS:
-        f = root / "del" / f"s{s}" / family / ("del.json" if method == "unitmem" else f"del-{method}.json")
+        f = root / sub / f"s{s}" / family / ("del.json" if method == "unitmem" else f"del-{method}.json")
         if not f.is_file():
             continue
         result = json.loads(f.read_text())
@@ -109,13 +113,13 @@ def _ci(vals: list[float]) -> str:
 def del_rows(root: Path, budgets: tuple[float, ...]) -> list[list[str]]:
     rows = []
     for fam, label in FAMILIES.items():
-        for m in DEL_METHODS:
-            pooled = del_pooled(root, fam, m, budgets)
+        for sub, m, name in DEL_METHODS:
+            pooled = del_pooled(root, fam, m, budgets, sub)
             for b in budgets:
                 p = pooled[b]
                 if not p["self"]:
                     continue
-                rows.append([label, m, f"{b:g}", str(p["memorized"]), f"{np.mean(p['units']):.1f}", _ci(p["self"]),
+                rows.append([label, name, f"{b:g}", str(p["memorized"]), f"{np.mean(p['units']):.1f}", _ci(p["self"]),
                              f"{np.mean(p['rand']):.2f}", f"{np.mean(p['neg']):.2f}" if p["neg"] else "-",
                              f"{np.mean(p['rand_neg']):.2f}" if p["rand_neg"] else "-",
                              f"{np.mean(p['fid']):+.2f}" if p["fid"] else "-",
@@ -126,12 +130,12 @@ def del_rows(root: Path, budgets: tuple[float, ...]) -> list[list[str]]:
 def figure(root: Path, budgets: tuple[float, ...], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for ax, (fam, label) in zip(axes, FAMILIES.items()):
-        for i, m in enumerate(DEL_METHODS):
-            pooled = del_pooled(root, fam, m, budgets)
+        for i, (sub, m, name) in enumerate(DEL_METHODS):
+            pooled = del_pooled(root, fam, m, budgets, sub)
             b = [x for x in budgets if pooled[x]["self"]]
             if not b:
                 continue
-            ax.plot(b, [np.mean(pooled[x]["self"]) for x in b], f"C{i}-o", ms=3, label=m)
+            ax.plot(b, [np.mean(pooled[x]["self"]) for x in b], f"C{i}-o", ms=3, label=name)
             ax.plot(b, [np.mean(pooled[x]["rand"]) for x in b], f"C{i}:", lw=1)
         ax.set_xscale("log")
         ax.set_title(f"{label}: DEL, 3 seeds (dotted: as many random units)", fontsize=9)
