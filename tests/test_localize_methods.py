@@ -142,10 +142,10 @@ def test_refine_returns_a_small_checked_set_that_stops_the_copy(injected) -> Non
     assert set(r.units) <= set(order[:r.grown].tolist())
     chosen = np.asarray(r.units)
     with temporary_edit(iar, scores.to_units(chosen), "exact", 0.0):
-        assert agreement(iar, target, label) <= 0.9  # the set stops the copy
-    for u in r.units:  # and every unit of it is needed
+        assert agreement(iar, target, label) <= 0.8  # the set stops the copy, with the margin
+    for u in r.units:  # and every unit of it is needed to clear the bar by that margin
         with temporary_edit(iar, scores.to_units(chosen[chosen != u]), "exact", 0.0):
-            assert agreement(iar, target, label) > 0.9, u
+            assert agreement(iar, target, label) > 0.8, u
     assert agreement(iar, target, label) > 0.9  # the model is restored
     assert len(np.intersect1d(chosen, scores.to_flat(units))) > 0  # what it keeps includes the injected units
 
@@ -160,4 +160,4 @@ def test_refine_returns_a_small_checked_set_that_stops_the_copy(injected) -> Non
     again = refine(iar, 7, target, label, order, scores, RefineConfig(max_units=1024, max_tries=256), rerank)
     assert again.status == "refined" and again.grown * 4 <= r.grown, (again.grown, r.grown)
     with temporary_edit(iar, scores.to_units(np.asarray(again.units)), "exact", 0.0):
-        assert agreement(iar, target, label) <= 0.9
+        assert agreement(iar, target, label) <= 0.8
