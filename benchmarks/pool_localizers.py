@@ -127,6 +127,30 @@ def del_rows(root: Path, budgets: tuple[float, ...]) -> list[list[str]]:
     return rows
 
 
+UNITS = {"var": 2048, "rar": 2048, "llamagen": 1536}  # fc1 units of the tiny presets
+
+
+def refined_rows(root: Path) -> list[list[str]]:
+    """Per family, the re-ranked refinement of the planted images (del2): how many it stopped, set sizes."""
+    rows = []
+    for fam, label in FAMILIES.items():
+        imgs = []
+        for s in SEEDS:
+            f = root / "del2" / f"s{s}" / fam / "localize-gradient+refine" / "refined.json"
+            if f.is_file():
+                imgs += json.loads(f.read_text())["images"]
+        done = [r["count"] for r in imgs if r["status"] == "refined"]
+        if not imgs:
+            continue
+        extracted = [r for r in imgs if r["status"] != "not extracted"]
+        one = max(1, round(UNITS[fam] / 100))
+        rows.append([label, str(len(imgs)), str(len(extracted)), str(len(done)),
+                     f"{np.median(done):.0f} ({min(done)}-{max(done)})" if done else "-",
+                     f"{sum(c <= one for c in done)} / {len(extracted)}",
+                     f"{np.median([r['checks'] for r in extracted]):.0f}" if extracted else "-"])
+    return rows
+
+
 def figure(root: Path, budgets: tuple[float, ...], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for ax, (fam, label) in zip(axes, FAMILIES.items()):
@@ -166,6 +190,9 @@ def main() -> None:
     print("\n## DEL: removing each memorized image's units, pooled over seeds\n")
     print(table(["family", "localizer", "budget %", "memorized", "units", "self removed (95 % CI)", "random self",
                  "neg removed", "random neg", "FID change", "random FID change"], del_rows(root, budgets)))
+    print("\n## The re-ranked refinement per planted image (del2)\n")
+    print(table(["family", "planted (3 seeds)", "extracted", "stopped within 256 units", "units: median (range)",
+                 "stopped by <= 1 % of units", "attack checks (median)"], refined_rows(root)))
     if args.figure:
         figure(root, budgets, Path(args.figure))
 
