@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 from trained import briefly_trained
+from twoproc import one_then_two
 
-from iarmem.cli import main
 from iarmem.data import bundled_mnist, make_plan, write_manifest
 from iarmem.models.loading import save_model_folder
 
@@ -26,17 +22,7 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     save_model_folder(briefly_trained("tiny-var"), folder, preset="tiny-var")
     ds = bundled_mnist()  # 18 training images: the last steps are partial batches
     write_manifest(make_plan(ds.labels, num_train=14, plant=4, copies=3, seed=0), folder / "manifest.json")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process runs
-    try:
-        assert main(["localize", str(folder), "mnist", "--out", str(tmp_path / "one"), *ARGS]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "iarmem", "localize", str(folder), "mnist", "--out", str(tmp_path / "two"), *ARGS]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = one_then_two(["localize", str(folder), "mnist", *ARGS], tmp_path / "one", tmp_path / "two")
     one = (tmp_path / "one" / "unitmem.safetensors").read_bytes()
     two = (tmp_path / "two" / "unitmem.safetensors").read_bytes()
     assert one == two

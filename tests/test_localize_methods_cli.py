@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from test_localize_run import make_folder
+from twoproc import one_then_two
 
 from iarmem.cli import main
 from iarmem.data import bundled_mnist
@@ -80,17 +77,7 @@ def test_refine_writes_checked_units_that_rank_first(folder: Path, tmp_path: Pat
 def test_two_processes_equal_one(folder: Path, tmp_path: Path, method: str) -> None:
     args = ["--method", method, "--targets", "planted", *FAST] + (["--refine", "--refine-max-units", "4"]
                                                                   if method == "gradient" else [])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process runs
-    try:
-        assert main(["localize", str(folder), "mnist", "--out", str(tmp_path / "one"), *args]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "iarmem", "localize", str(folder), "mnist", "--out", str(tmp_path / "two"), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    one_then_two(["localize", str(folder), "mnist", *args], tmp_path / "one", tmp_path / "two")
     for name in ("unitmem.safetensors", "per_image.safetensors") + (("refined.json",) if method == "gradient" else ()):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2

@@ -20,6 +20,7 @@ UnitMem (lane sums), so the files equal one process's.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,8 +126,10 @@ def run_targeted(cfg: LocalizeConfig, setup: Setup, run: Any, targets: np.ndarra
         out = Path(cfg.out)
         result = target_map(setup, targets, scores_TF, cfg.method)
         write_map(result, out / FILE)
+        # one metadata key of sorted JSON: safetensors keeps several keys in a hash map, in a random order
+        info = json.dumps({"method": cfg.method, "unit_reduce": UNIT_REDUCE[cfg.method]}, sort_keys=True)
         write_state_dict({"image_ids": torch.as_tensor(targets), "scores": torch.from_numpy(scores_TF)},
-                         out / PER_IMAGE_FILE, metadata={"method": cfg.method, "unit_reduce": UNIT_REDUCE[cfg.method]})
+                         out / PER_IMAGE_FILE, metadata={"iarmem": info})
         summary = build_summary(cfg, setup, result, world)
         summary |= {"method": cfg.method, "unit_reduce": UNIT_REDUCE[cfg.method],
                     "targets": [int(t) for t in targets], "references": [int(r) for r in refs],

@@ -152,9 +152,10 @@ def _per_image(p: Path, size: int) -> tuple[dict[int, np.ndarray], str]:
         return {}, "max"
     try:
         with safe_open(str(f), framework="pt") as fh:
-            reduce = (fh.metadata() or {}).get("unit_reduce", "max")
+            meta = fh.metadata() or {}
+            reduce = json.loads(meta.get("iarmem", "{}")).get("unit_reduce") or meta.get("unit_reduce", "max")
             ids, scores = fh.get_tensor("image_ids").numpy(), fh.get_tensor("scores").numpy()
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {f}: truncated or not a safetensors file ({e}); rerun `iarmem localize`") from e
     if scores.shape != (len(ids), size):
         raise UserError(f"{f} holds scores of shape {tuple(scores.shape)}, expected ({len(ids)}, {size}); the run is "
