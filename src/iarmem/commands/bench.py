@@ -20,6 +20,10 @@ still reproduced (self), are the other memorized ones (neg), how far does the he
 against as many random units of the same layers (--controls draws); FID and class accuracy for the
 first --quality-images images' edits.
 
+The per-image localizers (--methods, default zscore,gradient,mask,gradient+refine) are scored the
+same way beside UnitMem: in INJ each injected image is their only target, in DEL the planted images
+are (OUT/localize-METHOD, del-METHOD.json).
+
 The paper's setting (PAPER): UnitMem's global top --tops % units x 0.5 (the paper's edit), against
 the lowest-UnitMem units and --controls random draws, each with the whole attack and FID.
 

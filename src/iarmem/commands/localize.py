@@ -3,6 +3,7 @@
   iarmem localize runs/var mnist --out runs/loc-var
   iarmem localize var-d16 train/ --tokenizer vae_ch160v4096z32.pth --weights var_d16.pth --fraction 0.01 --out d16
   torchrun --nproc_per_node 4 -m iarmem localize ... (each process takes every 4th image)
+  iarmem localize runs/var mnist --targets planted --refine --out runs/loc-images   (per image: gradient, checked)
 
 For every image, the fc1 activations (after the GELU) of a teacher-forced pass on the ground-truth
 tokens are averaged in absolute value over the token positions of each bin (VAR: its scales; the
@@ -13,6 +14,11 @@ UnitMem = (mu_max - mu_-max) / (mu_max + mu_-max) with mu_-max the mean (or, --s
 median) of the other images; a unit whose maximum several images tie for is owned by none. Writes
 unitmem.safetensors, summary.json, heatmap.png, blocks.png and top_images.png; --resume continues a
 killed run and ends with the same bytes.
+
+With --targets, the per-image localizers (zscore, gradient: the default there, mask) score each
+target against reference images the model did not memorize and add per_image.safetensors; --refine
+(any method) keeps, per target, the units whose removal the attack checked (refined.json). See
+docs/LOCALIZE.md, "Per-image localizers".
 """
 
 from __future__ import annotations
