@@ -24,10 +24,11 @@ from torch import Tensor
 from iarmem.attack.generate import default_prefix, prefix_tokens
 from iarmem.data import ImageDataset
 from iarmem.distributed import World
-from iarmem.localize.gates import aligned, only_trainable, unit_gates
+from iarmem.localize.gates import only_trainable, unit_gates
 from iarmem.localize.stats import UnitStats, augmentation_mean
 from iarmem.localize.unitmem import MuCollector
 from iarmem.models.base import Tokens
+from iarmem.models.taps import aligned
 
 ImageFn = Callable[[np.ndarray], Tensor]  # dataset ids [B] -> per-image values [B, F]
 
@@ -119,8 +120,8 @@ def zscores(mu_F: Tensor, ref: Moments) -> Tensor:
     return (mu_F.float() - ref.mean_F) / torch.sqrt(ref.var_F + floor * floor)
 
 
-def views_tokens(collector: MuCollector, ds: ImageDataset, image: int) -> tuple[Tokens, Tensor]:
-    """The tokens [A, L] and labels [A] of one image under the collector's views."""
-    images, labels = collector.load(ds, np.array([image]))
+def views_tokens(collector: MuCollector, ds: ImageDataset, ids: int | np.ndarray) -> tuple[Tokens, Tensor]:
+    """The tokens [N*A, L] and labels of images (one id or several) under the collector's views, image-major."""
+    images, labels = collector.load(ds, np.atleast_1d(np.asarray(ids, dtype=np.int64)))
     with torch.no_grad():
         return collector.iar.tokenize(images), labels.to(collector.iar.device)

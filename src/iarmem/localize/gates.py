@@ -80,11 +80,3 @@ def unit_gates(iar: IAR, layers: Sequence[UnitLayer], gates: dict[str, Tensor] |
     finally:
         for h in handles:
             h.remove()
-
-
-def aligned(iar: IAR, value_BTU: Tensor) -> Tensor:
-    """[B, T, U] raw sequence values -> [B, L, U], position i the one predicting token i (as taps align)."""
-    v = value_BTU.reshape(value_BTU.shape[0], -1, value_BTU.shape[-1])[:, iar.tap_slice]
-    if v.shape[1] != iar.seq_len:
-        raise RuntimeError(f"expected a full teacher-forced pass ({iar.seq_len} positions), got {v.shape[1]}")
-    return v

@@ -31,12 +31,11 @@ import torch
 from iarmem.distributed import World, all_gather_object, barrier
 from iarmem.errors import UserError
 from iarmem.fileio import write_json
-from iarmem.localize.contrast import attribution, reference_moments, views_tokens, zscores
+from iarmem.localize.contrast import attribution, reference_moments, scored_start, views_tokens, zscores
 from iarmem.localize.mask import MaskConfig, learn_mask
 from iarmem.localize.results import FILE, UnitMemMap, write_map
 from iarmem.localize.stats import NO_ID
 from iarmem.mitigate.localization import PER_IMAGE_FILE
-from iarmem.models.base import Tokens
 from iarmem.models.checkpoint import write_state_dict
 from iarmem.progress import log
 
@@ -88,9 +87,7 @@ def score_targets(cfg: LocalizeConfig, setup: Setup, targets: np.ndarray, refs: 
         for t in mine:
             out[int(t)] = (attribution(col, setup.ds, np.array([t]))[0].cpu() - ref.mean_F).numpy()
     elif cfg.method == "mask":
-        from iarmem.localize.contrast import scored_start
-
-        pool, pool_labels = _reference_pool(col, setup, refs)
+        pool, pool_labels = views_tokens(col, setup.ds, refs)
         mcfg = MaskConfig(steps=cfg.mask_steps, sparsity=cfg.mask_sparsity, relaxation=cfg.mask_relaxation)
         K = setup.layout.num_bins
         for t in mine:
@@ -102,12 +99,6 @@ def score_targets(cfg: LocalizeConfig, setup: Setup, targets: np.ndarray, refs: 
     else:
         raise ValueError(f"not a per-image method: {cfg.method}")
     return out
-
-
-def _reference_pool(col: Any, setup: Setup, refs: np.ndarray) -> tuple[Tokens, torch.Tensor]:
-    images, labels = col.load(setup.ds, refs)
-    with torch.no_grad():
-        return setup.iar.tokenize(images), labels
 
 
 def run_targeted(cfg: LocalizeConfig, setup: Setup, run: Any, targets: np.ndarray, refs: np.ndarray,

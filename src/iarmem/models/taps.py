@@ -18,6 +18,15 @@ from iarmem.models.base import IAR, UnitLayer
 TapCallback = Callable[[UnitLayer, Tensor], None]
 
 
+def aligned(iar: IAR, value: Tensor, what: str = "unit values") -> Tensor:
+    """Raw [B, T, U] values of a teacher-forced pass -> [B, L, U], position i the one predicting token i."""
+    v = value.reshape(value.shape[0], -1, value.shape[-1])[:, iar.tap_slice]
+    if v.shape[1] != iar.seq_len:
+        raise RuntimeError(f"{what}: aligned values need a full teacher-forced pass ({iar.seq_len} positions), "
+                           f"got {v.shape[1]}; use align=False during generation")
+    return v
+
+
 @contextlib.contextmanager
 def tap(
     iar: IAR,
@@ -33,22 +42,13 @@ def tap(
     """
     resolved = [iar.unit_layer(x) if isinstance(x, str) else x for x in layers]
     modules = dict(iar.model.named_modules())
-    sl = iar.tap_slice
-    L = iar.seq_len
     handles: list[RemovableHandle] = []
 
     def make_hook(layer: UnitLayer) -> Callable:
         def deliver(value: Tensor) -> None:
             act = value.detach()
-            act = act.reshape(act.shape[0], -1, act.shape[-1])
-            if align:
-                act = act[:, sl]
-                if act.shape[1] != L:
-                    raise RuntimeError(
-                        f"tap {layer.name}: aligned taps need a full teacher-forced pass "
-                        f"({L} positions), got {act.shape[1]}; use align=False during generation"
-                    )
-            callback(layer, act)
+            flat = act.reshape(act.shape[0], -1, act.shape[-1])
+            callback(layer, aligned(iar, flat, f"tap {layer.name}") if align else flat)
 
         if layer.tap_input:
             return lambda _m, args: deliver(args[0])
