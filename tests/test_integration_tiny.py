@@ -49,3 +49,29 @@ def test_the_attack_finds_planted_images_and_no_held_out_ones(trained: Path) -> 
     assert g["planted"]["recall"] >= 0.7
     assert g.get("ordinary", {}).get("extracted", 0) == 0
     assert g["heldout"]["generated"] == 20 and g["heldout"]["extracted"] <= 2
+
+
+@pytest.mark.slow
+def test_repair_stops_leaked_images_and_random_units_do_not(trained: Path) -> None:
+    """The whole repair on two planted images the strong attack extracts: after it, no try of the strong
+    attack brings them back, and the written model is the kept edit (slow: several strong attacks)."""
+    model, leaked = trained / "model", trained / "strong"
+    assert main(["extract", str(model), "mnist", "--top", "2", "--strength", "strong", "--trigger-steps", "5",
+                 "--no-membership", "--out", str(leaked)]) == 0
+    s = json.loads((leaked / "summary.json").read_text())
+    plan = set(json.loads((model / "manifest.json").read_text())["planted"]["ids"])
+    ids = [i for i in s["strong"]["extracted_ids"] if i in plan][:2]
+    assert len(ids) == 2
+    out = trained / "repair"
+    rc = main(["repair", str(model), "mnist", "--leaked", str(leaked), "--images", ",".join(map(str, ids)),
+               "--alternatives", "random", "--max-quality-loss", "10", "--max-units", "20", "--trigger-steps", "5",
+               "--n-per-class", "5", "--prune-tries", "4", "--out", str(out)])
+    r = json.loads((out / "repair.json").read_text())
+    assert sorted(r["extracted_before"]) == sorted(ids)
+    assert rc == 0 and r["status"] == "clean" and r["final"]["leak"]["extracted"] == []
+    (alt,) = r["alternatives"]
+    assert alt["units"] == r["final"]["units"] and alt["cleaned"] < 2  # as many random units clean fewer
+    again = trained / "repaired-strong"
+    assert main(["extract", str(out), "mnist", "--ids", ",".join(map(str, ids)), "--strength", "strong",
+                 "--trigger-steps", "5", "--no-membership", "--out", str(again)]) == 0
+    assert not set(json.loads((again / "summary.json").read_text())["strong"]["extracted_ids"]) & set(ids)

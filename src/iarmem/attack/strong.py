@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from iarmem.attack.decide import Metric, copies_other, decide_rule, left_out_passes
-from iarmem.attack.generate import GREEDY, Decoding, generate_batch, is_multiscale, prefix_tokens
+from iarmem.attack.generate import GREEDY, Decoding, batch_seed, generate_batch, is_multiscale, prefix_tokens
 from iarmem.attack.neighbours import TokenCache, embedding_similarity, nearest_other, pixel_similarity, pool_tokens
 from iarmem.attack.settings import AttackSettings
 from iarmem.attack.similarity import Embedder, embed, psnr, ssim
@@ -133,7 +133,7 @@ def trigger_rounds(labels: np.ndarray) -> list[np.ndarray]:
 
 
 def _triggers(iar: IAR, gt: Tensor, labels: np.ndarray, tries: list[Try], steps: int,
-              world: World) -> dict[Try, Tensor]:
+              world: World, noise: float = 0.0, seed: int = 0) -> dict[Try, Tensor]:
     """Generations of the trigger tries: one optimised conditioning row per target (rounds sharded)."""
     trig = [t for t in tries if t.trigger]
     rounds = trigger_rounds(labels)
@@ -143,7 +143,8 @@ def _triggers(iar: IAR, gt: Tensor, labels: np.ndarray, tries: list[Try], steps:
         rows = rounds[r]
         target, lab = Tokens(gt[rows].long(), iar.grids), torch.as_tensor(labels[rows])
         found, _ = optimise_trigger(iar, target, lab, steps)
-        local[r] = [generate_with_trigger(iar, target, lab, found, t.prefix).ids_BL.to("cpu", torch.int32)
+        local[r] = [generate_with_trigger(iar, target, lab, found, t.prefix, logit_noise=noise,
+                                          generator=_noise_generator(iar, noise, seed, r)).ids_BL.to("cpu", torch.int32)
                     for t in trig]
     merged: dict[int, list[Tensor]] = {}
     for part in all_gather_object(local, world):
@@ -155,6 +156,11 @@ def _triggers(iar: IAR, gt: Tensor, labels: np.ndarray, tries: list[Try], steps:
             gens[rows] = merged[r][k]
         out[t] = gens
     return out
+
+
+def _noise_generator(iar: IAR, noise: float, seed: int, batch: int) -> torch.Generator | None:
+    """The logit-noise defense's draws for one trigger round: a function of (seed, round) only."""
+    return torch.Generator(device=iar.device).manual_seed(batch_seed(seed, batch)) if noise > 0 else None
 
 
 def _own_and_nearest(iar: IAR, ds: ImageDataset, metric: Metric, gens: Tensor, gt: Tensor, starts: np.ndarray,
@@ -203,7 +209,7 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
     with torch.no_grad():
         for t in progress([t for t in tries if not t.trigger], desc="strong attack", enabled=world.is_main):
             gens[t] = _generate(iar, gt, labels, t, s, world)
-    gens |= _triggers(iar, gt, labels, tries, s.trigger_steps, world)
+    gens |= _triggers(iar, gt, labels, tries, s.trigger_steps, world, s.logit_noise, s.seed)
     t_gen = time.monotonic() - t0
     n = len(ids)
     all_gens = torch.cat([gens[t] for t in tries])

@@ -72,12 +72,14 @@ def optimise_trigger(iar: IAR, targets: Tokens, labels: Tensor, steps: int = TRI
 
 
 @torch.no_grad()
-def generate_with_trigger(iar: IAR, gt: Tokens, labels: Tensor, triggers: Tensor, prefix: int) -> Tokens:
+def generate_with_trigger(iar: IAR, gt: Tokens, labels: Tensor, triggers: Tensor, prefix: int, *,
+                          logit_noise: float = 0.0, generator: torch.Generator | None = None) -> Tokens:
     """Greedy generation from the first ``prefix`` steps of ``gt``, each class row replaced by its trigger
-    (``labels`` distinct, as in :func:`optimise_trigger`)."""
+    (``labels`` distinct, as in :func:`optimise_trigger`); ``logit_noise``: the defense, as for every try."""
     labels = labels.to(iar.device)
     table, rows = iar.class_rows(labels)
     with rows_replaced(table, rows, triggers):
-        out = iar.generate(labels, prefix=gt.to(iar.device), prefix_len=prefix, greedy=True, cfg=None)
+        out = iar.generate(labels, prefix=gt.to(iar.device), prefix_len=prefix, greedy=True, cfg=None,
+                           logit_noise=logit_noise, generator=generator)
     assert isinstance(out, Tokens)
     return out

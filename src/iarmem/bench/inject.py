@@ -20,7 +20,7 @@ from torch import Tensor
 
 from iarmem.attack.generate import agreement
 from iarmem.localize.gates import only_trainable
-from iarmem.mitigate.edit import temporary_edit
+from iarmem.mitigate.edit import temporary_edit, unit_masks
 from iarmem.models.base import IAR, Tokens
 
 Units = dict[str, tuple[int, ...]]
@@ -76,22 +76,6 @@ def random_like(iar: IAR, units: Units, rng: np.random.Generator) -> Units:
     return out
 
 
-def _masks(iar: IAR, units: Units) -> dict[str, Tensor]:
-    """Per parameter key, a boolean mask of the elements that belong to the chosen units."""
-    params = dict(iar.model.named_parameters())
-    masks: dict[str, Tensor] = {}
-    for name, idx in units.items():
-        layer = iar.unit_layer(name)
-        if not layer.own_params:
-            raise ValueError(f"{iar.family} does not name the parameters of {name}'s units")
-        index = torch.tensor(idx, dtype=torch.long)
-        for key, axis in layer.own_params:
-            m = masks.setdefault(key, torch.zeros_like(params[key], dtype=torch.bool))
-            view = m.movedim(axis, 0)
-            view[index] = True
-    return masks
-
-
 @torch.no_grad()
 def teacher_forced_loss(iar: IAR, tokens: Tokens, labels: Tensor) -> float:
     """Mean cross-entropy of the tokens under a teacher-forced conditional pass (no label dropout)."""
@@ -109,7 +93,7 @@ def inject(iar: IAR, target: Tokens, label: Tensor, keep: Tokens, keep_labels: T
     every batch. Stops at the first check that extracts the target, or after ``cfg.steps``. Every
     element outside the units' slices stays bit-identical.
     """
-    masks = _masks(iar, units)
+    masks = unit_masks(iar, units)
     gen = torch.Generator().manual_seed(cfg.seed)
     before = agreement(iar, target, label)
     keep_before = teacher_forced_loss(iar, keep, keep_labels)

@@ -155,3 +155,19 @@ def edited_copy(iar: IAR, selection: Units, edit: str = "exact", factor: float =
     memo = {id(iar.tokenizer): iar.tokenizer} if share_tokenizer else {}
     twin = copy.deepcopy(iar, memo)
     return twin, apply_edit(twin, selection, edit, factor)
+
+
+def unit_masks(iar: IAR, units: Mapping[str, Sequence[int]]) -> dict[str, Tensor]:
+    """Per parameter key, a boolean mask of the elements that belong to the units (``UnitLayer.own_params``:
+    what writes a unit and what reads it): the parameters a unit-local fine-tuning may move."""
+    params = dict(iar.model.named_parameters())
+    masks: dict[str, Tensor] = {}
+    for name, idx in units.items():
+        layer = iar.unit_layer(name)
+        if not layer.own_params:
+            raise ValueError(f"{iar.family} does not name the parameters of {name}'s units")
+        index = torch.tensor(list(idx), dtype=torch.long, device=params[layer.own_params[0][0]].device)
+        for key, axis in layer.own_params:
+            m = masks.setdefault(key, torch.zeros_like(params[key], dtype=torch.bool))
+            m.movedim(axis, 0)[index] = True
+    return masks

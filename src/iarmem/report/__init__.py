@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from iarmem.fileio import write_text
-from iarmem.report import bench, modeldata, sections
+from iarmem.report import bench, modeldata, repair, sections
 from iarmem.report.discover import discover
 from iarmem.report.html import esc, page, section
 from iarmem.report.provenance import environment, provenance_section
@@ -31,6 +31,7 @@ def build_report(paths: list[str], title: str | None = None) -> str:
         ("leakage", "Leaked images before and after mitigation", sections.extraction_section(groups)),
         ("edits", "Mitigation edits", sections.mitigation_section(groups)),
         ("sweep", "Leak against quality (sweep)", sections.sweep_section(groups)),
+        ("repair", "Repair: leaked images removed, verified by the strong attack", repair.repair_section(groups)),
         ("image-quality", "Image quality", sections.quality_section(groups)),
         ("bench", "Ground truth for localizers (bench)", bench.bench_section(groups)),
         ("runs", "Provenance: what made each number", provenance_section(runs, env, [g.key for g in groups])),

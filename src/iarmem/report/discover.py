@@ -183,7 +183,7 @@ def _source(run: Run) -> dict[str, Any]:
         tok = run.json("tokenizer.json") or {}
         preset = tok.get("preset") or (run.record.get("settings") or {}).get("preset")
         return {"family": tok.get("family"), "preset": preset}
-    files = {"localize": "summary.json", "extract": "summary.json", "sweep": "summary.json",
+    files = {"localize": "summary.json", "extract": "summary.json", "sweep": "summary.json", "repair": "summary.json",
              "evaluate": "metrics.json", "mitigate": "edit.json"}
     data = run.json(files[run.kind]) if run.kind in files else None
     if isinstance(data, dict):

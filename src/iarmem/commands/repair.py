@@ -1,0 +1,119 @@
+"""Repair: stop given leaked images from coming out, at the least quality cost, checked by the strong attack.
+
+  iarmem repair runs/var mnist --leaked runs/extract-var --out runs/var-repaired
+  iarmem repair runs/var mnist --leaked runs/extract-var --images planted --max-quality-loss 0.05 --out RUN
+
+Takes the images an extraction run found (--leaked; its strong-attack list when it ran one) or
+--images, attacks them with the strong attack, localizes each extracted one with the gradient
+localizer and its attack-checked refinement, removes the union of their units exactly, attacks
+again, grows the sets of the images that still come out, and prunes units that are not needed;
+every kept edit is verified with the strong attack and the quality of held-out generations (FID,
+KID, precision / recall, class accuracy). An edit whose relative FID increase passes
+--max-quality-loss is refused. Beside it, at the same leak: as many random units, the paper's top
+p % x 0.5, the logit-noise defense and fine-tuning the same units. --out becomes a model folder
+(the edited model in the official layout, edit.json) with repair.json (every round, leak and
+quality before and after, the alternatives) and summary.json. Exit 0 when every target is stopped,
+1 for a partial repair (written, with the images it could not clean), 2 for bad input (nothing
+written). See docs/MITIGATE.md, "Repair".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from iarmem.errors import UserError
+from iarmem.models import hub
+
+PAPER_TOPS = "1,2,5,10,20,50"
+NOISE_LEVELS = "0.5,1,2,4,8"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model folder, or a preset name with --tokenizer/--weights")
+    p.add_argument("data", help="'mnist', an image folder or a path list: the images the model trained on")
+    p.add_argument("--leaked", required=True, metavar="EXTRACT_RUN",
+                   help="run folder of `iarmem extract` on MODEL: its extracted images are the targets")
+    p.add_argument("--out", required=True, help="run folder to write (becomes a model folder)")
+    p.add_argument("--images", metavar="IDS",
+                   help="repair these ids instead (a comma list or a file), or only the leaked images of a plan "
+                        "group: planted or ordinary")
+    p.add_argument("--tokenizer", help="official tokenizer file (presets)")
+    p.add_argument("--weights", help="official transformer file (presets)")
+    hub.add_arguments(p)
+    g = p.add_argument_group("budgets")
+    g.add_argument("--max-quality-loss", type=float, default=0.10,
+                   help="largest relative FID increase an edit may cost (default 0.10: 10 %%)")
+    g.add_argument("--max-units", type=float, default=5.0,
+                   help="largest share of the fc1 units the edit may remove, in %% (default 5)")
+    g.add_argument("--max-rounds", type=int, default=4, help="attack-and-grow rounds (default 4)")
+    g.add_argument("--prune-tries", type=int, default=48, help="single units tried back when pruning (default 48)")
+    g = p.add_argument_group("alternatives (same leak)")
+    g.add_argument("--alternatives", default="random,paper,noise,unlearn",
+                   help="comma list of random, paper, noise, unlearn ('' for none; default all)")
+    g.add_argument("--unitmem", metavar="RUN", help="a UnitMem localization of MODEL for the paper's edit "
+                   "(default: computed into OUT/unitmem)")
+    g.add_argument("--paper-tops", type=_floats, default=_floats(PAPER_TOPS),
+                   help=f"top p %% grid of the paper's x0.5 edit (default {PAPER_TOPS})")
+    g.add_argument("--noise-levels", type=_floats, default=_floats(NOISE_LEVELS),
+                   help=f"logit-noise std grid (default {NOISE_LEVELS})")
+    g.add_argument("--unlearn-steps", type=int, default=20, help="fine-tuning steps of the unlearn baseline")
+    g = p.add_argument_group("measurement")
+    g.add_argument("--n-per-class", type=int, default=20, help="samples per class for FID (default 20)")
+    g.add_argument("--features", default="trained", help="feature extractor for FID (see `iarmem evaluate`)")
+    g.add_argument("--features-cache", help="folder of the trained feature CNN (default OUT/features)")
+    g.add_argument("--trigger-steps", type=int, default=30, help="strong attack: Adam steps of the trigger search")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--resume", action="store_true", help="continue a stopped repair in --out")
+    g.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+
+
+def run(args: argparse.Namespace) -> int:
+    from iarmem.mitigate.repair import ALTERNATIVES
+
+    alts = tuple(a.strip() for a in args.alternatives.split(",") if a.strip())
+    bad = [a for a in alts if a not in ALTERNATIVES]
+    checks = [
+        (not bad, f"unknown --alternatives {bad}; choose from {', '.join(ALTERNATIVES)}"),
+        (args.max_quality_loss >= 0, f"--max-quality-loss must be >= 0, got {args.max_quality_loss}"),
+        (0 < args.max_units <= 100, f"--max-units is a percent in (0, 100], got {args.max_units}"),
+        (args.max_rounds >= 1, f"--max-rounds must be >= 1, got {args.max_rounds}"),
+        (args.prune_tries >= 0, f"--prune-tries must be >= 0, got {args.prune_tries}"),
+        (args.n_per_class >= 2, f"--n-per-class must be >= 2 (FID needs a covariance), got {args.n_per_class}"),
+        (args.unlearn_steps >= 1, f"--unlearn-steps must be >= 1, got {args.unlearn_steps}"),
+        (bool(args.paper_tops) and all(0 < p <= 100 for p in args.paper_tops),
+         "--paper-tops takes percents in (0, 100]"),
+        (bool(args.noise_levels) and all(s > 0 for s in args.noise_levels), "--noise-levels must be > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    from iarmem.mitigate.repair_run import repair
+
+    return repair(args, alts)
+
+
+def discard(out: Path, existed: bool) -> None:
+    """Leave no half-written output of a refused start."""
+    if not existed and out.is_dir():
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def leaked_ids(run: Path) -> tuple[list[int], dict[str, Any]]:
+    """The extracted training images of an extraction run (its strong attack's list when it ran one)."""
+    summary = json.loads((run / "summary.json").read_text())
+    strong = summary.get("strong")
+    ids = strong["extracted_ids"] if strong else summary["extracted_ids"]
+    return [int(i) for i in ids], summary

@@ -1,0 +1,426 @@
+"""The repair: remove given leaked images from a model at the least cost, checked by the strong attack.
+
+1. Before: the strong attack (every prefix, decoding, guidance and a trigger search) on the targets
+   and the held-out controls, and the quality of held-out generations (FID and the rest).
+2. Localize: each extracted target's units from the gradient localizer, refined (issue 15: the
+   attack-checked smallest set per image). The edit is one set: the union over the targets.
+3. Rounds: remove the union exactly (``exact`` x0), run the strong attack and the quality
+   evaluation again. A target still extracted grows its set: units from its ranking re-computed on
+   the edited model, doubling, until probes of every try that brought it back are stopped. Stop
+   when no target comes out, when the relative FID increase crosses ``max_quality_loss`` (that edit is
+   refused), when the union would pass ``max_units`` % of the fc1 units, or after ``max_rounds``.
+4. Prune: put back whole blocks, then single units (last added first), while every target's probes
+   stay stopped; the pruned edit is kept only if the strong attack confirms it.
+5. Alternatives at the same leak: as many random units of the same layers, the paper's global top
+   p % x 0.5 (the smallest p of a grid whose probes all stop), the logit-noise defense (the smallest
+   std that does), and fine-tuning the repair's own units (``unlearn``).
+
+Every expensive step is journalled under its name, so a stopped repair resumes where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from iarmem.attack.decide import METRICS
+from iarmem.attack.generate import GREEDY
+from iarmem.attack.membership import evaluate_membership
+from iarmem.attack.neighbours import TokenCache
+from iarmem.attack.pipeline import attack_ids, score_images
+from iarmem.attack.settings import AttackSettings
+from iarmem.attack.similarity import Embedder
+from iarmem.attack.strong import Try, run_strong
+from iarmem.data import ImageDataset, Plan
+from iarmem.distributed import World
+from iarmem.features import FeatureExtractor
+from iarmem.fileio import write_json
+from iarmem.localize.refine import Rerank
+from iarmem.metrics.quality import Reference, evaluate_model
+from iarmem.metrics.sampling import default_sampling
+from iarmem.mitigate import probe as probes_
+from iarmem.mitigate.edit import temporary_edit
+from iarmem.mitigate.localization import Localization
+from iarmem.mitigate.probe import Probe
+from iarmem.mitigate.select import Scores, pick_random, select_units
+from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unlearn
+from iarmem.models.base import IAR, Tokens
+from iarmem.progress import log
+
+ALTERNATIVES = ("random", "paper", "noise", "unlearn")
+QUALITY_KEYS = ("fid", "kid_mean", "precision", "recall", "class_accuracy")
+JOURNAL_FILE = "repair_steps.json"
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    max_quality_loss: float = 0.10  # relative FID increase an edit may cost
+    max_units: float = 5.0  # percent of the fc1 units the edit may remove
+    max_rounds: int = 4
+    prune_tries: int = 48  # single units tried back in the prune step
+    # probes: stopped means agreement <= the try's threshold minus this; below the refinement's 0.1 because the
+    # repair's bars are the calibrated ones (0.4-0.9), already far under the absolute 0.9, and the strong attack
+    # verifies every kept edit
+    margin: float = 0.05
+    alternatives: tuple[str, ...] = ALTERNATIVES
+    paper_tops: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+    noise_levels: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    alternative_points: int = 3  # strong attacks one alternative may spend looking for the same leak
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    seed: int = 0
+
+
+@dataclass
+class RepairContext:
+    """What every step shares. ``iar`` is edited only inside ``temporary_edit`` blocks until the end."""
+
+    iar: IAR
+    ds: ImageDataset
+    plan: Plan | None
+    targets: np.ndarray  # the images to remove
+    attack: AttackSettings  # the leaked run's decision settings, strength strong
+    pool: np.ndarray  # the images a generation's nearest other is searched in
+    heldout: np.ndarray
+    scores: Scores  # the fc1 units, flat in layer order
+    features: FeatureExtractor
+    reference: Reference
+    n_per_class: int
+    extractors: dict[str, Embedder]
+    world: World
+    keep: np.ndarray  # ordinary training images: unlearning keeps their loss; membership scores them
+    batch_size: int = 32
+    cache: TokenCache = field(default_factory=TokenCache)
+    tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # eval-view tokens of targets and prompts
+    labels: dict[int, int] = field(default_factory=dict)
+
+    def units(self, flat: np.ndarray) -> dict[str, tuple[int, ...]]:
+        return self.scores.to_units(np.asarray(flat, dtype=np.int64))
+
+    def eval_tokens(self, ids: np.ndarray) -> None:
+        """Tokenize the eval view of ``ids`` once (probes compare against these)."""
+        from iarmem.tokens import load_views
+
+        todo = np.array([i for i in np.asarray(ids).tolist() if i not in self.tokens], dtype=np.int64)
+        for b in range(0, len(todo), self.batch_size):
+            rows = todo[b:b + self.batch_size]
+            with torch.no_grad():
+                x, y = load_views(self.iar, self.ds, rows, 0, self.attack.seed)
+                t = self.iar.tokenize(x).ids_BL.cpu()
+            for i, row, lab in zip(rows.tolist(), t, y.tolist()):
+                self.tokens[i], self.labels[i] = row, int(lab)
+
+
+class Journal:
+    """Named results of finished steps in ``path`` (JSON), so a resumed repair skips them."""
+
+    def __init__(self, path: Path, world: World) -> None:
+        self.path, self.world = path, world
+        self.steps: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        if name not in self.steps:
+            self.steps[name] = fn()
+            if self.world.is_main:
+                write_json(self.path, self.steps)
+        return self.steps[name]
+
+
+# ---- measuring one model state -------------------------------------------------------------------------
+def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
+    """The strong attack on the targets and held-out controls of the model as it is now."""
+    s = ctx.attack.replace(logit_noise=noise)
+    res = attack_ids(ctx.iar, ctx.ds, ctx.targets, None, s, heldout=ctx.heldout, pool=ctx.pool,
+                     extractors=ctx.extractors, world=ctx.world, pool_cache=ctx.cache)
+    st = run_strong(ctx.iar, ctx.ds, res.ids, res.labels, ~res.is_candidate, res.gt, ctx.pool, METRICS[res.metric],
+                    res.prefix, s, ctx.extractors, ctx.world, ctx.cache)
+    taken = st.extracted_ids
+    out_targets = sorted(int(i) for i in np.intersect1d(taken, ctx.targets))
+    bar_of = [t["threshold"] if res.metric == "tokens" else METRICS["tokens"].default_threshold for t in st.per_try]
+    probes = [Probe(i, st.via[i], st.tries[st.weakest[i]], float(bar_of[st.weakest[i]])) for i in out_targets]
+    default_try = next(k for k, t in enumerate(st.tries) if t == Try(res.prefix, GREEDY))
+    return {
+        "extracted": out_targets,
+        "default_extracted": sorted(int(i) for i in np.intersect1d(res.extracted_ids(), ctx.targets)),
+        "others": sorted(int(i) for i in np.setdiff1d(taken, np.union1d(ctx.targets, ctx.heldout))),
+        "heldout_false_positives": int(np.isin(taken, ctx.heldout).sum()),
+        "weakest": {str(i): st.tries[st.weakest[i]].describe(ctx.iar) for i in out_targets},
+        "weakest_kind": {str(i): st.tries[st.weakest[i]].kind for i in out_targets},
+        "per_try": [{"try": t["try"], "kind": t["kind"], "prefix": t["prefix"], "threshold": t["threshold"],
+                     "extracted": t["own_prompt"], "copies_other": t["copies_other"]} for t in st.per_try],
+        "tries": len(st.tries),
+        "probes": [p.as_dict() for p in probes],
+        "default_probe_bar": float(bar_of[default_try]),
+        "default_prefix": int(res.prefix),
+        "seconds": round(st.timing["total_s"] + res.timing.get("generation_s", 0.0), 2),
+    }
+
+
+def quality(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
+    sampling = default_sampling(ctx.iar)
+    if noise > 0:
+        sampling = sampling.override(logit_noise=noise)
+    q = evaluate_model(ctx.iar, None, ctx.features, ctx.n_per_class, ctx.attack.seed, reference=ctx.reference,
+                       settings=sampling, batch_size=ctx.batch_size, show_progress=False)
+    return {k: q.get(k) for k in QUALITY_KEYS}
+
+
+def measure(ctx: RepairContext, flat: np.ndarray | None = None, *, edit: str = "exact", factor: float = 0.0,
+            noise: float = 0.0) -> dict[str, Any]:
+    """Leak and quality with ``flat`` units edited (none: the model as it is now)."""
+    t0 = time.monotonic()
+    units = ctx.units(flat if flat is not None else np.zeros(0, dtype=np.int64))
+    with temporary_edit(ctx.iar, units, edit, factor):
+        leak = strong_leak(ctx, noise)
+        q = quality(ctx, noise)
+    n = 0 if flat is None else len(flat)
+    return {"units": n, "fraction": n / len(ctx.scores.flat), "leak": leak, "quality": q,
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
+def membership(ctx: RepairContext) -> dict[str, Any] | None:
+    """Membership scores of the targets, ordinary training images and the held-out controls (AUC, TPR@1 %)."""
+    ids = np.union1d(np.union1d(ctx.targets, ctx.keep), ctx.heldout)
+    sc = score_images(ctx.iar, ctx.ds, ids, batch_size=ctx.batch_size, seed=ctx.attack.seed, world=ctx.world)
+    out = evaluate_membership(sc, ctx.plan)
+    loss = {g: float(np.mean(sc["loss"][np.isin(sc["id"], m)])) for g, m in
+            (("targets", ctx.targets), ("ordinary", ctx.keep), ("heldout", ctx.heldout)) if len(m)}
+    return {"auc": out, "mean_loss": loss}
+
+
+def relative_fid(q: dict[str, Any], q0: dict[str, Any]) -> float:
+    return (q["fid"] - q0["fid"]) / q0["fid"] if q0["fid"] else float("inf")
+
+
+def within_quality(q: dict[str, Any], q0: dict[str, Any], cfg: RepairConfig) -> bool:
+    return relative_fid(q, q0) <= cfg.max_quality_loss
+
+
+# ---- growing, pruning -----------------------------------------------------------------------------------
+def probes_stopped(ctx: RepairContext, flat: np.ndarray, probes: list[Probe], margin: float,
+                   noise: float = 0.0, edit: str = "exact", factor: float = 0.0) -> bool:
+    with temporary_edit(ctx.iar, ctx.units(flat), edit, factor):
+        return probes_.stopped(ctx.iar, probes, ctx.tokens, ctx.labels, margin, noise=noise, seed=ctx.attack.seed,
+                               trigger_steps=ctx.attack.trigger_steps)
+
+
+def grow(ctx: RepairContext, removed: list[int], rerank: Rerank, probes: list[Probe], start: int, budget: int,
+         margin: float) -> list[int] | None:
+    """Units to add to ``removed`` until ``probes`` stop: doubling along the ranking re-computed on the
+    edited model; None when ``budget`` units do not suffice."""
+    added: list[int] = []
+    step = max(1, start)
+    while True:
+        current = np.asarray(removed + added, dtype=np.int64)
+        ranking = np.asarray(rerank(current), dtype=np.int64)
+        fresh = ranking[~np.isin(ranking, current)][:step]
+        if len(fresh) == 0 or len(removed) + len(added) + len(fresh) > budget:
+            return None
+        added += [int(u) for u in fresh]
+        if probes_stopped(ctx, np.asarray(removed + added), probes, margin):
+            return added
+        step = len(added)
+
+
+def prune(ctx: RepairContext, order: list[int], probes: list[Probe], margin: float, tries: int) -> list[int]:
+    """Put back whole blocks, then single units (last added first, at most ``tries``), while the probes stay
+    stopped: the smallest union the probes accept."""
+    keep = list(order)
+    layer = np.searchsorted(ctx.scores.offsets, np.asarray(keep), side="right") - 1
+    block_of = {u: ctx.scores.blocks[i] for u, i in zip(keep, layer)}
+    for b in sorted(set(block_of.values())):
+        rest = [u for u in keep if block_of[u] != b]
+        if rest and len(rest) < len(keep) and probes_stopped(ctx, np.asarray(rest), probes, margin):
+            keep = rest
+    for u in list(reversed(keep))[:tries]:
+        rest = [x for x in keep if x != u]
+        if rest and probes_stopped(ctx, np.asarray(rest), probes, margin):
+            keep = rest
+    return keep
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    status: str  # "clean", "quality", "units", "rounds", "nothing to repair"
+    units: list[int]  # the edit kept (flat), best-first order
+    final: dict[str, Any] | None  # its measurement
+    message: str
+
+
+def target_probes(before: dict[str, Any], work: list[int], rounds: list[dict[str, Any]]) -> dict[int, list[Probe]]:
+    """Per target: the default greedy try from its own prefix, and every try that extracted it so far."""
+    leak = before["leak"]
+    out = {i: [Probe(i, i, Try(leak["default_prefix"], GREEDY), leak["default_probe_bar"])] for i in work}
+    for m in [before, *rounds]:
+        for d in m["leak"]["probes"]:
+            p = Probe.from_dict(d)
+            if p.image in out and p not in out[p.image]:
+                out[p.image].append(p)
+    return out
+
+
+def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined: dict[int, list[int]],
+               rerank_of: Callable[[int], Rerank], before: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
+    """The rounds and the prune step; returns the outcome and the record of every round."""
+    work = before["leak"]["extracted"]
+    q0 = before["quality"]
+    budget = int(cfg.max_units / 100 * len(ctx.scores.flat))
+    order: list[int] = []
+    for i in work:
+        order += [u for u in refined.get(i, []) if u not in order]
+    rounds: list[dict[str, Any]] = []
+    grown: list[dict[str, Any]] = []
+    status, message = "rounds", f"targets still extracted after {cfg.max_rounds} rounds"
+    unreachable: list[int] = []  # targets whose probes did not stop within the unit budget
+    if len(order) > budget:
+        order = order[:budget]
+    for r in range(1, cfg.max_rounds + 1):
+        m = journal.step(f"round{r}", lambda o=order: measure(ctx, np.asarray(o)) | {"order": list(o)})
+        order = list(m["order"])
+        rounds.append(m)
+        survivors = m["leak"]["extracted"]
+        if ctx.world.is_main:
+            log(f"repair round {r}: {len(order)} units, {len(survivors)} of {len(work)} targets still extracted, FID "
+                f"{m['quality']['fid']:.3g} (before {q0['fid']:.3g})")
+        if not within_quality(m["quality"], q0, cfg):
+            status = "quality"
+            message = (f"round {r} costs {100 * relative_fid(m['quality'], q0):.1f} % FID, over --max-quality-loss "
+                       f"{100 * cfg.max_quality_loss:g} %: refused")
+            break
+        if not survivors:
+            status, message = "clean", f"every target stopped after round {r}"
+            break
+        if r == cfg.max_rounds:
+            break
+        probes = target_probes(before, work, rounds)
+
+        def grow_all(order: list[int] = order, survivors: list[int] = survivors,
+                     probes: dict[int, list[Probe]] = probes) -> dict[str, Any]:
+            new = list(order)
+            added: dict[str, list[int]] = {}
+            failed = []
+            for i in survivors:  # one after another: a later image's ranking sees the earlier ones' units gone
+                more = grow(ctx, new, rerank_of(i), probes[i], max(len(refined.get(i, [])), 1), budget, cfg.margin)
+                if more is None:
+                    failed.append(i)
+                    continue
+                added[str(i)] = more
+                new += more
+            return {"order": new, "added": added, "failed": failed}
+
+        g = journal.step(f"grow{r}", grow_all)
+        grown.append(g)
+        unreachable = sorted(set(unreachable) | set(g["failed"]))
+        if not g["added"]:
+            status = "units"
+            message = (f"targets {', '.join(map(str, g['failed']))} need more than --max-units {cfg.max_units:g} % "
+                       f"of the fc1 units ({budget}) to stop their probes")
+            break
+        order = list(g["order"])
+    record: dict[str, Any] = {"rounds": rounds, "grown": grown, "budget_units": budget, "over_budget": unreachable}
+    within = [m for m in rounds if within_quality(m["quality"], q0, cfg)]
+    if not within:
+        return Outcome(status, [], None, message + "; no edit within the quality budget"), record
+    best = min(within, key=lambda m: (len(m["leak"]["extracted"]), m["units"]))
+    units = list(best["order"])
+    if status == "clean":
+        probes = [p for ps in target_probes(before, work, rounds).values() for p in ps]
+        pruned = journal.step("prune", lambda: prune(ctx, units, probes, cfg.margin, cfg.prune_tries))
+        record["pruned_units"] = len(pruned)
+        if len(pruned) < len(units):
+            mp = journal.step("pruned", lambda: measure(ctx, np.asarray(pruned)) | {"order": list(pruned)})
+            record["pruned"] = mp
+            ok = not mp["leak"]["extracted"] and within_quality(mp["quality"], q0, cfg)
+            record["pruned_kept"] = ok
+            if ok:
+                best, units = mp, list(pruned)
+    return Outcome(status, units, best, message), record
+
+
+# ---- alternatives at the same leak ------------------------------------------------------------------------
+def cleaned(m: dict[str, Any], work: list[int]) -> dict[str, Any]:
+    left = [i for i in work if i in m["leak"]["extracted"]]
+    return {"cleaned": len(work) - len(left), "of": len(work), "still_extracted": left}
+
+
+def alternatives(ctx: RepairContext, cfg: RepairConfig, journal: Journal, outcome: Outcome, before: dict[str, Any],
+                 unitmem: Localization | None) -> list[dict[str, Any]]:
+    work = before["leak"]["extracted"]
+    leak = len(outcome.final["leak"]["extracted"]) if outcome.final else len(work)
+    probes = [p for ps in target_probes(before, work, []).values() for p in ps]
+    n = len(outcome.units)
+    out = []
+    if "random" in cfg.alternatives and n:
+        counts = [int(c) for c in np.bincount(np.searchsorted(ctx.scores.offsets, outcome.units, side="right") - 1,
+                                              minlength=len(ctx.scores.names))]
+        flat = np.sort(pick_random(ctx.scores, counts, cfg.seed))
+        m = journal.step("alt-random", lambda: measure(ctx, flat))
+        out.append({"name": "random", "setting": f"{n} random units of the same layers (seed {cfg.seed})", **m,
+                    **cleaned(m, work)})
+    if "paper" in cfg.alternatives and unitmem is not None:
+        out.append(_search(ctx, cfg, journal, "paper", cfg.paper_tops, probes, leak, work, unitmem))
+    if "noise" in cfg.alternatives:
+        out.append(_search(ctx, cfg, journal, "noise", cfg.noise_levels, probes, leak, work, None))
+    if "unlearn" in cfg.alternatives and n:
+        def tuned() -> dict[str, Any]:
+            units = ctx.units(np.asarray(outcome.units))
+            saved = snapshot(ctx.iar, units)
+            t = torch.stack([ctx.tokens[i] for i in work]).long()
+            k = np.asarray(ctx.keep[:32])
+            ctx.eval_tokens(k)
+            kt = torch.stack([ctx.tokens[i] for i in k.tolist()]).long()
+            try:
+                info = unlearn(ctx.iar, units, Tokens(t, ctx.iar.grids), torch.tensor([ctx.labels[i] for i in work]),
+                               Tokens(kt, ctx.iar.grids), torch.tensor([ctx.labels[i] for i in k.tolist()]),
+                               cfg.unlearn)
+                return measure(ctx) | {"units": n, "fraction": n / len(ctx.scores.flat), "unlearn": info}
+            finally:
+                restore(ctx.iar, saved)
+
+        m = journal.step("alt-unlearn", tuned)
+        out.append({"name": "unlearn", "setting": f"{cfg.unlearn.steps} Adam steps (lr {cfg.unlearn.lr:g}) on the "
+                    f"repair's {n} units", **m, **cleaned(m, work)})
+    return out
+
+
+def _search(ctx: RepairContext, cfg: RepairConfig, journal: Journal, name: str, grid: tuple[float, ...],
+            probes: list[Probe], leak: int, work: list[int], unitmem: Localization | None) -> dict[str, Any]:
+    """The weakest point of ``grid`` whose probes all stop, verified with the strong attack; up the grid while
+    the strong attack still finds more than ``leak`` targets (at most ``cfg.alternative_points`` attacks)."""
+    tried = 0
+    m: dict[str, Any] | None = None
+    setting = ""
+    for k, v in enumerate(grid):
+        flat = None
+        if name == "paper":
+            assert unitmem is not None
+            flat = ctx.scores.to_flat(select_units(unitmem, v).units)
+            passes = probes_stopped(ctx, flat, probes, cfg.margin, edit="paper", factor=0.5)
+            setting = f"top {v:g} % x 0.5 (the paper's edit, global UnitMem ranking)"
+        else:
+            passes = probes_stopped(ctx, np.zeros(0, dtype=np.int64), probes, cfg.margin, noise=v)
+            setting = f"logit noise std {v:g}"
+        last = k == len(grid) - 1
+        if not passes and not last:
+            continue
+        if name == "paper":
+            m = journal.step(f"alt-paper-{v:g}", lambda f=flat: measure(ctx, f, edit="paper", factor=0.5))
+        else:
+            m = journal.step(f"alt-noise-{v:g}", lambda v=v: measure(ctx, noise=v))
+        tried += 1
+        if len(m["leak"]["extracted"]) <= leak or tried >= cfg.alternative_points or last:
+            return {"name": name, "setting": setting, "value": v, "same_leak": len(m["leak"]["extracted"]) <= leak,
+                    **m, **cleaned(m, work)}
+    raise AssertionError("unreachable: the last grid point is always measured")
+
+
+def config_dict(cfg: RepairConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

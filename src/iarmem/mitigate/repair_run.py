@@ -1,0 +1,259 @@
+"""`iarmem repair` end to end: inputs checked, the repair's steps in order, the model folder and repair.json.
+
+Everything that can refuse the input runs before the run folder is opened (exit 2, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from iarmem.attack.settings import AttackSettings, load_extractors
+from iarmem.commands.repair import leaked_ids
+from iarmem.data import open_dataset
+from iarmem.distributed import barrier, close, init_world
+from iarmem.errors import UserError
+from iarmem.features import CNN_STEPS, parse_feature_spec, resolve_features
+from iarmem.fileio import write_json
+from iarmem.localize.refine_run import gradient_rerank
+from iarmem.localize.run import LocalizeConfig, localize, prepare
+from iarmem.metrics.quality import reference_features
+from iarmem.mitigate.edit import apply_edit, temporary_edit
+from iarmem.mitigate.forget import image_ranking
+from iarmem.mitigate.localization import Localization, check_architecture, load_localization
+from iarmem.mitigate.repair import (
+    JOURNAL_FILE,
+    Journal,
+    RepairConfig,
+    RepairContext,
+    alternatives,
+    config_dict,
+    measure,
+    membership,
+    run_repair,
+)
+from iarmem.mitigate.select import Scores, Selection
+from iarmem.mitigate.unlearn import UnlearnConfig
+from iarmem.mitigate.write import EDIT_FILE, edit_manifest, hash_files, write_edited_model
+from iarmem.models.loading import is_model_folder
+from iarmem.plans import model_plan, parse_ids, select_ids
+from iarmem.progress import log
+from iarmem.runs import fingerprint, require_finished, start_run
+
+REPAIR_FILE = "repair.json"
+GROUPS = ("planted", "ordinary")
+
+
+def fc1_scores(iar: Any) -> Scores:
+    layers = iar.unit_layers(("fc1",))
+    return Scores(tuple(layer.name for layer in layers), tuple(layer.width for layer in layers),
+                  tuple(layer.block for layer in layers), np.zeros(sum(layer.width for layer in layers)))
+
+
+def attack_settings(leaked: dict[str, Any], args: argparse.Namespace) -> AttackSettings:
+    """The leaked run's decision settings (metric, extractors, calibration, prefix), made strong."""
+    recorded = leaked.get("settings") or {}
+    names = {f.name for f in dataclasses.fields(AttackSettings)}
+    keep = {k: v for k, v in recorded.items() if k in names and k not in ("ids", "subset", "fraction",
+                                                                          "per_class_subset", "logit_noise")}
+    return AttackSettings(**keep).replace(strength="strong", membership=False, batch_size=args.batch_size,
+                                          seed=args.seed, trigger_steps=args.trigger_steps).validate()
+
+
+def choose_targets(args: argparse.Namespace, leaked: list[int], plan: Any, n: int) -> np.ndarray:
+    if args.images in GROUPS:
+        if plan is None:
+            raise UserError(f"--images {args.images} needs a model folder with a planting manifest")
+        group = plan.planted_ids if args.images == "planted" else plan.ordinary_ids
+        ids = np.intersect1d(np.asarray(leaked, dtype=np.int64), group)
+    elif args.images is not None:
+        ids = parse_ids(args.images, n, flag="--images")
+    else:
+        ids = np.unique(np.asarray(leaked, dtype=np.int64))
+    if plan is not None:
+        ids = np.setdiff1d(ids, plan.heldout_ids)
+    if len(ids) == 0:
+        what = f"--images {args.images}" if args.images else f"the extraction run {args.leaked}"
+        raise UserError(f"no leaked images to repair: {what} names no extracted training image; run `iarmem extract "
+                        f"MODEL DATA --strength strong` or pass --images IDS")
+    return ids
+
+
+def _check_model(args: argparse.Namespace, model_file: str) -> None:
+    recorded = (require_finished(args.leaked, "extract").get("inputs") or {}).get("model_file")
+    if recorded and recorded != fingerprint(model_file):
+        raise UserError(f"--leaked {args.leaked} attacked another model (its model file differs from {args.model}'s); "
+                        f"pass an extraction run of this model")
+
+
+def repair(args: argparse.Namespace, alts: tuple[str, ...]) -> int:
+    world = init_world(args.device)
+    try:
+        return _repair(args, alts, world)
+    finally:
+        close(world)
+
+
+def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
+    parse_feature_spec(args.features)
+    ds = open_dataset(args.data)
+    plan = model_plan(args.model, ds) if is_model_folder(args.model) else None
+    require_finished(args.leaked, "extract")
+    leaked, leaked_summary = leaked_ids(Path(args.leaked))
+    targets = choose_targets(args, leaked, plan, len(ds))
+    loc_cfg = LocalizeConfig(model=args.model, data=args.data, out=str(Path(args.out) / "localize"),
+                             tokenizer=args.tokenizer, weights=args.weights, method="gradient",
+                             targets=tuple(int(i) for i in targets), refine=True, seed=args.seed, device=args.device,
+                             resume=True)
+    setup = prepare(loc_cfg, world)  # opens the model (the rerank of the grow step needs its collector)
+    iar, source = setup.iar, setup.source
+    _check_model(args, source.model_file)
+    attack = attack_settings(leaked_summary, args)
+    unitmem = load_localization(args.unitmem) if args.unitmem else None
+    if unitmem is not None:
+        check_architecture(unitmem, iar, args.model)
+    cfg = RepairConfig(args.max_quality_loss, args.max_units, args.max_rounds, args.prune_tries, alternatives=alts,
+                       paper_tops=tuple(args.paper_tops), noise_levels=tuple(args.noise_levels),
+                       unlearn=UnlearnConfig(steps=args.unlearn_steps), seed=args.seed)
+    settings = {"model": args.model, "data": ds.describe(), "leaked": str(Path(args.leaked).resolve()),
+                "targets": [int(i) for i in targets], "config": config_dict(cfg), "attack": attack.as_dict(),
+                "n_per_class": args.n_per_class, "features": args.features, "unitmem": args.unitmem}
+    inputs = {"model_file": source.model_file, "tokenizer_file": source.tokenizer_file,
+              "leaked": str(Path(args.leaked) / "summary.json"), "data": args.data}
+    run_ = start_run(args.out, "repair", settings, inputs, seed=args.seed, overwrite=args.overwrite,
+                     resume=args.resume) if world.is_main else None
+    barrier(world)
+    out = Path(args.out)
+    if run_ is not None and run_.done:
+        log(f"{out}: this repair already finished")
+        return 0
+
+    cache = Path(args.features_cache) if args.features_cache else out / "features"
+    features = resolve_features(args.features, ds, cache, min(iar.image_size, 64), args.seed, device=args.device,
+                                steps=CNN_STEPS)
+    reference = reference_features(ds, features, family=iar.family, image_size=iar.image_size,
+                                   n_per_class=args.n_per_class, seed=args.seed, show_progress=False)
+    heldout = np.sort(plan.heldout_ids) if plan is not None else np.zeros(0, dtype=np.int64)
+    pool = np.union1d(select_ids(ds, plan, "train" if plan is not None else "all"), heldout)
+    pool = np.union1d(pool, targets)
+    rng = np.random.default_rng(args.seed)
+    others = np.setdiff1d(plan.ordinary_ids if plan is not None else np.arange(len(ds)), targets)
+    keep = np.sort(rng.choice(others, size=min(64, len(others)), replace=False))
+    ctx = RepairContext(iar, ds, plan, targets, attack, pool, heldout, fc1_scores(iar), features, reference,
+                        args.n_per_class, load_extractors(attack, iar.device), world, keep, args.batch_size)
+    ctx.eval_tokens(np.union1d(targets, keep))
+    journal = Journal(out / JOURNAL_FILE, world)
+
+    with torch.no_grad():
+        before = journal.step("before", lambda: measure(ctx))
+        mia_before = journal.step("membership-before", lambda: membership(ctx))
+    work = before["leak"]["extracted"]
+    log(f"before: the strong attack extracts {len(work)} of {len(targets)} targets; FID {before['quality']['fid']:.3g}")
+    record: dict[str, Any] = {"format": "iarmem.repair", "version": 1, "targets": [int(i) for i in targets],
+                              "extracted_before": work,
+                              "not_extracted_before": [int(i) for i in targets if int(i) not in work],
+                              "before": before, "membership_before": mia_before, "config": config_dict(cfg)}
+    if not work:
+        record |= {"status": "nothing to repair", "message": "the strong attack extracts none of the targets"}
+        return _finish(run_, out, record, [], source, None, ctx, None, world)
+
+    loc_cfg = dataclasses.replace(loc_cfg, targets=tuple(work))
+    localize(loc_cfg, world)
+    loc = load_localization(loc_cfg.out)
+    setup.targets = np.asarray(work, dtype=np.int64)
+    refined = _refined_order(loc, work, ctx.scores)
+
+    def rerank_of(i: int):
+        scores, _ = image_ranking(loc, i, "per_image")
+        return gradient_rerank(setup, loc, i, scores)
+
+    with torch.no_grad():
+        outcome, rounds = run_repair(ctx, cfg, journal, refined, rerank_of, before)
+    record |= {"status": outcome.status, "message": outcome.message, **rounds,
+               "refined": {str(i): refined.get(i, []) for i in work}}
+    if "paper" in alts and unitmem is None and outcome.units:
+        unitmem = _unitmem(args, out, world)
+    with torch.no_grad():
+        record["alternatives"] = alternatives(ctx, cfg, journal, outcome, before, unitmem) if outcome.units else []
+        if outcome.units:
+            with temporary_edit(iar, ctx.units(np.asarray(outcome.units)), "exact", 0.0):
+                record["membership_after"] = journal.step("membership-after", lambda: membership(ctx))
+    record["final"] = outcome.final
+    return _finish(run_, out, record, outcome.units, source, loc, ctx, outcome, world)
+
+
+def _refined_order(loc: Localization, work: list[int], scores: Scores) -> dict[int, list[int]]:
+    """Each target's refined units (flat, in ``scores``' layout), best-ranked first."""
+    out = {}
+    for i in work:
+        s, order = image_ranking(loc, i, "per_image")
+        if s.names != scores.names:
+            raise UserError("the localization's layers differ from the model's fc1 layers")
+        chosen = s.to_flat(loc.refined.get(i, {}))
+        out[i] = [int(u) for u in order if u in set(chosen.tolist())]
+    return out
+
+
+def _unitmem(args: argparse.Namespace, out: Path, world: Any) -> Localization:
+    """UnitMem over the training images (the paper's localization) for the paper's edit, in OUT/unitmem."""
+    cfg = LocalizeConfig(model=args.model, data=args.data, out=str(out / "unitmem"), tokenizer=args.tokenizer,
+                         weights=args.weights, seed=args.seed, device=args.device, resume=True)
+    localize(cfg, world)
+    return load_localization(cfg.out)
+
+
+def _finish(run_: Any, out: Path, record: dict[str, Any], units: list[int], source: Any, loc: Localization | None,
+            ctx: RepairContext, outcome: Any, world: Any) -> int:
+    files = [REPAIR_FILE, "summary.json", JOURNAL_FILE]
+    summary = _summary(record, ctx) | {"model": source.as_dict()}
+    if world.is_main:
+        if units:
+            flat = np.asarray(units, dtype=np.int64)
+            edit = apply_edit(ctx.iar, ctx.units(flat), "exact", 0.0)
+            written = write_edited_model(ctx.iar, out, source, extra={"edited_from": str(source.spec),
+                                                                      "edit": EDIT_FILE, "repair": REPAIR_FILE})
+            sel = Selection(ctx.units(flat), dict(zip(ctx.scores.names, ctx.scores.blocks)), "repair", "none", None,
+                            "global", "max", None, None, len(ctx.scores.flat),
+                            {"targets": record["extracted_before"]})
+            assert loc is not None
+            hashes = {k: v for k, v in run_.record["inputs"].items() if k in ("model_file", "tokenizer_file")}
+            write_json(out / EDIT_FILE, edit_manifest(source=source, source_hashes=hashes, loc=loc, selection=sel,
+                                                      record=edit, files=hash_files(out, written)))
+            files += [*written, EDIT_FILE]
+        write_json(out / REPAIR_FILE, record)
+        write_json(out / "summary.json", summary)
+        run_.finish(files, {k: summary[k] for k in ("status", "targets", "extracted_before", "extracted_after",
+                                                     "units", "fraction", "fid_before", "fid_after")})
+        log(summary["sentence"])
+    barrier(world)
+    return 0 if record["status"] in ("clean", "nothing to repair") else 1
+
+
+def _summary(record: dict[str, Any], ctx: RepairContext) -> dict[str, Any]:
+    before, final = record["before"], record.get("final")
+    work = record["extracted_before"]
+    after = final["leak"]["extracted"] if final else work
+    s: dict[str, Any] = {
+        "status": record["status"], "message": record["message"], "targets": len(record["targets"]),
+        "extracted_before": len(work), "extracted_after": len(after), "still_extracted": after,
+        "units": final["units"] if final else 0, "fraction": final["fraction"] if final else 0.0,
+        "fid_before": before["quality"]["fid"], "fid_after": final["quality"]["fid"] if final else None,
+        "class_accuracy_before": before["quality"].get("class_accuracy"),
+        "class_accuracy_after": final["quality"].get("class_accuracy") if final else None,
+        "alternatives": [{k: a.get(k) for k in ("name", "setting", "units", "cleaned", "of", "same_leak")}
+                         | {"fid": a["quality"]["fid"]} for a in record.get("alternatives", [])],
+    }
+    if final:
+        rel = (s["fid_after"] - s["fid_before"]) / s["fid_before"] if s["fid_before"] else float("nan")
+        s["relative_fid"] = rel
+        s["sentence"] = (f"repair: {len(work) - len(after)} of {len(work)} extracted targets stopped under every "
+                         f"strong-attack try, removing {s['units']} fc1 units ({100 * s['fraction']:.2f} %); FID "
+                         f"{s['fid_before']:.3g} -> {s['fid_after']:.3g} ({100 * rel:+.1f} %); {record['message']}")
+    else:
+        s["sentence"] = f"repair: nothing written to the model ({record['message']})"
+    return s

@@ -1,0 +1,102 @@
+"""The repair's parts on a model with a known copy (tests/trained.injected_var: one sequence learned through
+known units): probes read the attack's tries, growing along a good ranking stops the copy where a random
+one does not, pruning keeps it stopped with fewer units, and unit-local unlearning moves only those units."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from trained import injected_var
+
+from iarmem.attack.generate import GREEDY, agreements, default_prefix
+from iarmem.attack.settings import AttackSettings
+from iarmem.attack.strong import Try
+from iarmem.distributed import World
+from iarmem.mitigate import probe
+from iarmem.mitigate.edit import temporary_edit, unit_masks
+from iarmem.mitigate.probe import Probe
+from iarmem.mitigate.repair import RepairContext, grow, probes_stopped, prune
+from iarmem.mitigate.repair_run import fc1_scores
+from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unlearn
+from iarmem.models.base import Tokens
+
+
+@pytest.fixture(scope="module")
+def ctx() -> RepairContext:
+    inj = injected_var()
+    iar = inj.iar
+    c = RepairContext(iar, None, None, np.array([0]), AttackSettings(), np.array([0, 1]), np.zeros(0, np.int64),
+                      fc1_scores(iar), None, None, 2, {}, World(), np.zeros(0, np.int64))  # type: ignore[arg-type]
+    for i in (0, 1):
+        c.tokens[i], c.labels[i] = inj.seqs.ids_BL[i], int(inj.labels[i])
+    return c
+
+
+def _default_probe(ctx: RepairContext, image: int, bar: float = 0.9) -> Probe:
+    return Probe(image, image, Try(default_prefix(ctx.iar), GREEDY), bar)
+
+
+def test_a_probe_measures_what_the_attack_does(ctx: RepairContext) -> None:
+    inj = injected_var()
+    want = agreements(ctx.iar, inj.seqs, inj.labels).numpy()
+    got = probe.agreements(ctx.iar, [_default_probe(ctx, 0), _default_probe(ctx, 1)], ctx.tokens, ctx.labels)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got[0] > 0.9 > got[1] + 0.3  # the injected copy comes out, the unseen sequence does not
+    cross = probe.agreements(ctx.iar, [Probe(1, 0, Try(default_prefix(ctx.iar), GREEDY), 0.9)], ctx.tokens,
+                             ctx.labels)
+    assert cross[0] < 0.5  # prompt 0's generation is a copy of image 0, not of image 1
+    p = Probe(3, 4, Try(2, GREEDY, trigger=True), 0.5)
+    assert Probe.from_dict(p.as_dict()) == p
+
+
+def test_growing_along_the_copy_s_units_stops_it_and_a_random_ranking_does_not(ctx: RepairContext) -> None:
+    inj = injected_var()
+    truth = ctx.scores.to_flat(inj.units)
+    rest = np.setdiff1d(np.arange(len(ctx.scores.flat)), truth)
+    rng = np.random.default_rng(0)
+    good = np.concatenate([rng.permutation(truth), rng.permutation(rest)])
+    probes = [_default_probe(ctx, 0)]
+    added = grow(ctx, [], lambda removed: good, probes, len(truth), budget=4 * len(truth), margin=0.1)
+    assert added is not None and sorted(added) == sorted(truth.tolist())  # the first doubling: the copy's own units
+    assert probes_stopped(ctx, np.asarray(added), probes, 0.1)
+    shuffled = rng.permutation(rest)
+    assert grow(ctx, [], lambda removed: shuffled, probes, 1, budget=len(truth), margin=0.1) is None
+
+    kept = prune(ctx, added, probes, 0.1, tries=16)
+    assert set(kept) <= set(added) and len(kept) < len(added)
+    assert probes_stopped(ctx, np.asarray(kept), probes, 0.1)
+    with temporary_edit(ctx.iar, ctx.units(np.asarray(kept)), "exact", 0.0):  # the other sequence is not harmed
+        other = probe.agreements(ctx.iar, [_default_probe(ctx, 1)], ctx.tokens, ctx.labels)
+    before = probe.agreements(ctx.iar, [_default_probe(ctx, 1)], ctx.tokens, ctx.labels)
+    assert abs(other[0] - before[0]) < 0.2
+
+
+def test_unlearning_moves_only_the_units_and_stops_the_copy(ctx: RepairContext) -> None:
+    inj = injected_var()
+    iar = iar0 = ctx.iar
+    before = {k: p.detach().clone() for k, p in iar.model.named_parameters()}
+    saved = snapshot(iar, inj.units)
+    masks = unit_masks(iar, inj.units)
+    target = Tokens(inj.seqs.ids_BL[:1], iar.grids)
+    try:
+        keep = Tokens(inj.keep.ids_BL[:8], iar.grids)
+        info = unlearn(iar, inj.units, target, inj.labels[:1], keep, inj.keep_labels[:8],
+                       UnlearnConfig(steps=20, lr=3e-3))
+        raised = info["target_loss_after"] - info["target_loss_before"]
+        assert raised > 1.0 and raised > 3 * (info["keep_loss_after"] - info["keep_loss_before"]), info
+        assert float(agreements(iar, target, inj.labels[:1])[0]) < 0.8
+        moved = set()
+        for k, p in iar.model.named_parameters():
+            diff = p.detach() != before[k]
+            if k in masks:
+                assert not (diff & ~masks[k]).any(), k
+            else:
+                assert not diff.any(), k
+            if diff.any():
+                moved.add(k)
+        assert moved and moved <= set(masks)
+    finally:
+        restore(iar0, saved)
+    for k, p in iar.model.named_parameters():
+        assert torch.equal(p.detach(), before[k]), k

@@ -1,0 +1,67 @@
+"""`iarmem repair` refuses bad input with one line, exit 2 and nothing written; the whole loop on a model
+that memorized its planted images is in test_integration_tiny (slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+from test_localize_run import make_folder
+
+from iarmem.cli import main
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("repair")
+    model = make_folder(root / "var", "tiny-var")
+    other = root / "other"
+    shutil.copytree(model, other)
+    weights = load_file(str(other / "model.safetensors"))
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1e-3  # another model: same layout, other weights
+    save_file(weights, str(other / "model.safetensors"))
+    extract = root / "extract"
+    assert main(["extract", str(model), "mnist", "--top", "1", "--no-membership", "--out", str(extract)]) == 0
+    return {"model": model, "other": other, "extract": extract, "root": root}
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture, out: Path, *words: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    for w in words:
+        assert w in err[0], (w, err[0])
+    assert not out.exists()
+
+
+def test_bad_input_is_one_line_exit_2_and_nothing_written(runs: dict[str, Path], capsys: pytest.CaptureFixture,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    base = ["repair", str(runs["model"]), "mnist", "--out", str(out)]
+    s = json.loads((runs["extract"] / "summary.json").read_text())
+    assert s["extracted_ids"] == []  # a briefly trained model leaks nothing
+    _fails([*base, "--leaked", str(runs["extract"])], capsys, out, "no leaked images")
+    _fails([*base, "--leaked", str(runs["extract"]), "--images", "planted"], capsys, out, "no leaked images")
+    _fails([*base, "--leaked", str(runs["root"] / "nowhere")], capsys, out, "not found")
+    _fails([*base, "--leaked", str(runs["model"])], capsys, out, "not a run folder of `iarmem extract`")
+    _fails([*base, "--leaked", str(runs["extract"]), "--alternatives", "random,magic"], capsys, out, "magic")
+    _fails([*base, "--leaked", str(runs["extract"]), "--max-units", "0"], capsys, out, "--max-units")
+    other = ["repair", str(runs["other"]), "mnist", "--out", str(out), "--leaked", str(runs["extract"]),
+             "--images", "5"]
+    _fails(other, capsys, out, "attacked another model")
+
+
+def test_the_extract_run_s_decision_settings_are_kept(runs: dict[str, Path]) -> None:
+    from argparse import Namespace
+
+    from iarmem.mitigate.repair_run import attack_settings
+
+    leaked = json.loads((runs["extract"] / "summary.json").read_text())
+    leaked["settings"] |= {"metric": "ssim", "fpr": 0.05, "prefix": 2, "ids": [1, 2], "logit_noise": 1.0}
+    s = attack_settings(leaked, Namespace(batch_size=8, seed=3, trigger_steps=5))
+    assert (s.metric, s.fpr, s.prefix, s.strength, s.seed, s.trigger_steps) == ("ssim", 0.05, 2, "strong", 3, 5)
+    assert s.ids is None and s.logit_noise == 0.0 and not s.membership
