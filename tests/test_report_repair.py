@@ -1,0 +1,41 @@
+"""The report's repair section: a repair run folder (repair.json as `iarmem repair` writes it) becomes a table
+of the unedited model, every round and the alternatives, with the headline sentence and membership."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from iarmem.fileio import write_json
+from iarmem.mitigate.repair_run import _summary
+from iarmem.report import build_report
+from iarmem.runs import start_run
+
+
+def _m(units: int, extracted: list[int], fid: float) -> dict[str, Any]:
+    return {"units": units, "fraction": units / 2048, "quality": {"fid": fid, "class_accuracy": 0.9},
+            "leak": {"extracted": extracted, "default_extracted": extracted[:1], "others": [7],
+                     "heldout_false_positives": 0}}
+
+
+def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Path) -> None:
+    out = tmp_path / "repair"
+    run = start_run(out, "repair", {"model": "runs/var"}, {})
+    record = {"targets": [1, 2, 3], "extracted_before": [1, 2, 3], "status": "clean", "message": "every target "
+              "stopped after round 2", "before": _m(0, [1, 2, 3], 2.0), "rounds": [_m(10, [3], 2.1), _m(14, [], 2.2)],
+              "final": _m(14, [], 2.2),
+              "alternatives": [_m(14, [1, 2, 3], 2.05) | {"name": "random", "setting": "14 random units of the same "
+                                                          "layers (seed 0)", "cleaned": 0, "of": 3}],
+              "membership_before": {"mean_loss": {"targets": 0.1, "ordinary": 1.0, "heldout": 2.0}},
+              "membership_after": {"mean_loss": {"targets": 1.9, "ordinary": 1.0, "heldout": 2.0}}}
+    summary = _summary(record, None) | {"model": {"spec": "runs/var", "family": "var"}}  # type: ignore[arg-type]
+    assert summary["extracted_after"] == 0 and abs(summary["relative_fid"] - 0.1) < 1e-9
+    write_json(out / "repair.json", record)
+    write_json(out / "summary.json", summary)
+    run.finish(["repair.json", "summary.json"], {})
+    html = build_report([str(tmp_path)])
+    assert 'id="repair"' in html
+    assert "3 of 3 extracted targets stopped under every strong-attack try, removing 14 fc1 units (0.68 %)" in html
+    for row in ("unedited", "round 1", "round 2", "alternative: 14 random units of the same layers (seed 0)"):
+        assert f'data-label="edit">{row}</td>' in html, row
+    assert "+10.0 %" in html and "3 of 3" in html and "mean loss targets 1.9" in html
