@@ -205,6 +205,7 @@ def within_quality(q: dict[str, Any], q0: dict[str, Any], cfg: RepairConfig) -> 
 # ---- growing, pruning -----------------------------------------------------------------------------------
 def probes_stopped(ctx: RepairContext, flat: np.ndarray, probes: list[Probe], margin: float,
                    noise: float = 0.0, edit: str = "exact", factor: float = 0.0) -> bool:
+    ctx.eval_tokens(np.array(sorted({p.prompt for p in probes} | {p.image for p in probes}), dtype=np.int64))
     with temporary_edit(ctx.iar, ctx.units(flat), edit, factor):
         return probes_.stopped(ctx.iar, probes, ctx.tokens, ctx.labels, margin, noise=noise, seed=ctx.attack.seed,
                                trigger_steps=ctx.attack.trigger_steps)
@@ -325,9 +326,9 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
             break
         order = list(g["order"])
     record: dict[str, Any] = {"rounds": rounds, "grown": grown, "budget_units": budget, "over_budget": unreachable}
-    within = [m for m in rounds if within_quality(m["quality"], q0, cfg)]
-    if not within:
-        return Outcome(status, [], None, message + "; no edit within the quality budget"), record
+    within = [m for m in rounds if within_quality(m["quality"], q0, cfg) and len(m["leak"]["extracted"]) < len(work)]
+    if not within:  # an edit that stops no target is not worth its cost: nothing is kept
+        return Outcome(status, [], None, message + "; no edit within the budgets stops any target"), record
     best = min(within, key=lambda m: (len(m["leak"]["extracted"]), m["units"]))
     units = list(best["order"])
     if status == "clean":
@@ -350,18 +351,20 @@ def cleaned(m: dict[str, Any], work: list[int]) -> dict[str, Any]:
     return {"cleaned": len(work) - len(left), "of": len(work), "still_extracted": left}
 
 
-def alternatives(ctx: RepairContext, cfg: RepairConfig, journal: Journal, outcome: Outcome, before: dict[str, Any],
-                 unitmem: Localization | None) -> list[dict[str, Any]]:
+def alternatives(ctx: RepairContext, cfg: RepairConfig, journal: Journal, edit: dict[str, Any],
+                 before: dict[str, Any], unitmem: Localization | None) -> list[dict[str, Any]]:
+    """The alternatives at the leak of ``edit`` (the kept edit, or the last round tried when none was kept)."""
     work = before["leak"]["extracted"]
-    leak = len(outcome.final["leak"]["extracted"]) if outcome.final else len(work)
+    leak = len(edit["leak"]["extracted"])
     probes = [p for ps in target_probes(before, work, []).values() for p in ps]
-    n = len(outcome.units)
+    units = list(edit["order"])
+    n = len(units)
     out = []
     if "random" in cfg.alternatives and n:
-        counts = [int(c) for c in np.bincount(np.searchsorted(ctx.scores.offsets, outcome.units, side="right") - 1,
+        counts = [int(c) for c in np.bincount(np.searchsorted(ctx.scores.offsets, units, side="right") - 1,
                                               minlength=len(ctx.scores.names))]
         flat = np.sort(pick_random(ctx.scores, counts, cfg.seed))
-        m = journal.step("alt-random", lambda: measure(ctx, flat))
+        m = journal.step(f"alt-random-{n}", lambda: measure(ctx, flat))
         out.append({"name": "random", "setting": f"{n} random units of the same layers (seed {cfg.seed})", **m,
                     **cleaned(m, work)})
     if "paper" in cfg.alternatives and unitmem is not None:
@@ -370,21 +373,21 @@ def alternatives(ctx: RepairContext, cfg: RepairConfig, journal: Journal, outcom
         out.append(_search(ctx, cfg, journal, "noise", cfg.noise_levels, probes, leak, work, None))
     if "unlearn" in cfg.alternatives and n:
         def tuned() -> dict[str, Any]:
-            units = ctx.units(np.asarray(outcome.units))
-            saved = snapshot(ctx.iar, units)
+            chosen = ctx.units(np.asarray(units))
+            saved = snapshot(ctx.iar, chosen)
             t = torch.stack([ctx.tokens[i] for i in work]).long()
             k = np.asarray(ctx.keep[:32])
             ctx.eval_tokens(k)
             kt = torch.stack([ctx.tokens[i] for i in k.tolist()]).long()
             try:
-                info = unlearn(ctx.iar, units, Tokens(t, ctx.iar.grids), torch.tensor([ctx.labels[i] for i in work]),
+                info = unlearn(ctx.iar, chosen, Tokens(t, ctx.iar.grids), torch.tensor([ctx.labels[i] for i in work]),
                                Tokens(kt, ctx.iar.grids), torch.tensor([ctx.labels[i] for i in k.tolist()]),
                                cfg.unlearn)
                 return measure(ctx) | {"units": n, "fraction": n / len(ctx.scores.flat), "unlearn": info}
             finally:
                 restore(ctx.iar, saved)
 
-        m = journal.step("alt-unlearn", tuned)
+        m = journal.step(f"alt-unlearn-{n}", tuned)
         out.append({"name": "unlearn", "setting": f"{cfg.unlearn.steps} Adam steps (lr {cfg.unlearn.lr:g}) on the "
                     f"repair's {n} units", **m, **cleaned(m, work)})
     return out

@@ -176,10 +176,13 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
         outcome, rounds = run_repair(ctx, cfg, journal, refined, rerank_of, before)
     record |= {"status": outcome.status, "message": outcome.message, **rounds,
                "refined": {str(i): refined.get(i, []) for i in work}}
-    if "paper" in alts and unitmem is None and outcome.units:
+    compared = outcome.final if outcome.final is not None else (rounds["rounds"] or [None])[-1]
+    record["alternatives_at"] = "the kept edit" if outcome.final is not None else "the last round tried (none kept)"
+    if "paper" in alts and unitmem is None and compared is not None:
         unitmem = _unitmem(args, out, world)
     with torch.no_grad():
-        record["alternatives"] = alternatives(ctx, cfg, journal, outcome, before, unitmem) if outcome.units else []
+        record["alternatives"] = (alternatives(ctx, cfg, journal, compared, before, unitmem)
+                                  if compared is not None and compared["units"] else [])
         if outcome.units:
             with temporary_edit(iar, ctx.units(np.asarray(outcome.units)), "exact", 0.0):
                 record["membership_after"] = journal.step("membership-after", lambda: membership(ctx))
