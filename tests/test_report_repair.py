@@ -28,7 +28,7 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
                                                           "layers (seed 0)", "cleaned": 0, "of": 3}],
               "membership_before": {"mean_loss": {"targets": 0.1, "ordinary": 1.0, "heldout": 2.0}},
               "membership_after": {"mean_loss": {"targets": 1.9, "ordinary": 1.0, "heldout": 2.0}}}
-    summary = _summary(record, None) | {"model": {"spec": "runs/var", "family": "var"}}  # type: ignore[arg-type]
+    summary = _summary(record) | {"model": {"spec": "runs/var", "family": "var"}}
     assert summary["extracted_after"] == 0 and abs(summary["relative_fid"] - 0.1) < 1e-9
     write_json(out / "repair.json", record)
     write_json(out / "summary.json", summary)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +102,6 @@ def run(args: argparse.Namespace) -> int:
     from iarmem.mitigate.repair_run import repair
 
     return repair(args, alts)
-
-
-def discard(out: Path, existed: bool) -> None:
-    """Leave no half-written output of a refused start."""
-    if not existed and out.is_dir():
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def leaked_ids(run: Path) -> tuple[list[int], dict[str, Any]]:

@@ -53,6 +53,7 @@ from iarmem.mitigate.select import Scores, pick_random, select_units
 from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unlearn
 from iarmem.models.base import IAR, Tokens
 from iarmem.progress import log
+from iarmem.tokens import load_views
 
 ALTERNATIVES = ("random", "paper", "noise", "unlearn")
 QUALITY_KEYS = ("fid", "kid_mean", "precision", "recall", "class_accuracy")
@@ -105,8 +106,6 @@ class RepairContext:
 
     def eval_tokens(self, ids: np.ndarray) -> None:
         """Tokenize the eval view of ``ids`` once (probes compare against these)."""
-        from iarmem.tokens import load_views
-
         todo = np.array([i for i in np.asarray(ids).tolist() if i not in self.tokens], dtype=np.int64)
         for b in range(0, len(todo), self.batch_size):
             rows = todo[b:b + self.batch_size]

@@ -160,12 +160,11 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
                               "before": before, "membership_before": mia_before, "config": config_dict(cfg)}
     if not work:
         record |= {"status": "nothing to repair", "message": "the strong attack extracts none of the targets"}
-        return _finish(run_, out, record, [], source, None, ctx, None, world)
+        return _finish(run_, out, record, [], source, None, ctx, world)
 
     loc_cfg = dataclasses.replace(loc_cfg, targets=tuple(work))
     localize(loc_cfg, world)
     loc = load_localization(loc_cfg.out)
-    setup.targets = np.asarray(work, dtype=np.int64)
     refined = _refined_order(loc, work, ctx.scores)
 
     def rerank_of(i: int):
@@ -187,7 +186,7 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
             with temporary_edit(iar, ctx.units(np.asarray(outcome.units)), "exact", 0.0):
                 record["membership_after"] = journal.step("membership-after", lambda: membership(ctx))
     record["final"] = outcome.final
-    return _finish(run_, out, record, outcome.units, source, loc, ctx, outcome, world)
+    return _finish(run_, out, record, outcome.units, source, loc, ctx, world)
 
 
 def _refined_order(loc: Localization, work: list[int], scores: Scores) -> dict[int, list[int]]:
@@ -198,7 +197,7 @@ def _refined_order(loc: Localization, work: list[int], scores: Scores) -> dict[i
         if s.names != scores.names:
             raise UserError("the localization's layers differ from the model's fc1 layers")
         chosen = s.to_flat(loc.refined.get(i, {}))
-        out[i] = [int(u) for u in order if u in set(chosen.tolist())]
+        out[i] = [int(u) for u in order[np.isin(order, chosen)]]
     return out
 
 
@@ -211,9 +210,9 @@ def _unitmem(args: argparse.Namespace, out: Path, world: Any) -> Localization:
 
 
 def _finish(run_: Any, out: Path, record: dict[str, Any], units: list[int], source: Any, loc: Localization | None,
-            ctx: RepairContext, outcome: Any, world: Any) -> int:
+            ctx: RepairContext, world: Any) -> int:
     files = [REPAIR_FILE, "summary.json", JOURNAL_FILE]
-    summary = _summary(record, ctx) | {"model": source.as_dict()}
+    summary = _summary(record) | {"model": source.as_dict()}
     if world.is_main:
         if units:
             flat = np.asarray(units, dtype=np.int64)
@@ -237,7 +236,7 @@ def _finish(run_: Any, out: Path, record: dict[str, Any], units: list[int], sour
     return 0 if record["status"] in ("clean", "nothing to repair") else 1
 
 
-def _summary(record: dict[str, Any], ctx: RepairContext) -> dict[str, Any]:
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
     before, final = record["before"], record.get("final")
     work = record["extracted_before"]
     after = final["leak"]["extracted"] if final else work
