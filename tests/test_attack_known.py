@@ -123,7 +123,7 @@ def test_default_prefixes_follow_the_paper() -> None:
     var = build("var-d16", device="meta")
     assert default_prefix(var) == 4 and prefix_tokens(var, 4) == 30  # 4 of 10 scales = 30 tokens
     assert default_prefix(build("rar-b", device="meta")) == 30  # 30 of 256 raster tokens
-    assert default_prefix(build("tiny-var", device="meta")) == 3  # 40% of 6 scales, rounded up
+    assert default_prefix(build("tiny-var", device="meta")) == 4  # the paper's first 4 scales: the same 30 tokens
     assert default_prefix(build("tiny-rar", device="meta")) == 15  # 1.875 rows of an 8-wide grid
 
 
@@ -172,3 +172,24 @@ def test_torchscript_and_trained_feature_files(data, tmp_path) -> None:
         assert res.metric == "features" and res.extracted.all(), spec
     res = attack_ids(fake("tiny-var", "noise"), ds, ids, settings=SMALL.replace(sscd=str(script), metric="sscd"))
     assert "sscd" in res.measures and not res.extracted.any()
+
+
+def test_never_trained_images_outside_the_plan_calibrate_and_held_out_stand_out_of_sample(data) -> None:
+    from iarmem.attack.decide import calibrate
+    from iarmem.data.planting import outside_sample
+
+    ds, plan = data
+    cal = outside_sample(plan, ds.labels, 30, seed=0)
+    used = np.concatenate([plan.planted_ids, plan.ordinary_ids, plan.heldout_ids])
+    assert len(cal) == 30 and not np.isin(cal, used).any() and np.bincount(ds.labels[cal]).tolist() == [3] * 10
+    assert np.array_equal(cal, outside_sample(plan, ds.labels, 30, seed=0))
+    assert not np.array_equal(cal, outside_sample(plan, ds.labels, 30, seed=1))
+    assert len(outside_sample(plan, ds.labels, 10**6, seed=0)) == plan.num_images - len(used)  # capped
+    res = attack_ids(fake("tiny-var", "noise"), ds, plan.planted_ids, heldout=plan.heldout_ids, calibration=cal,
+                     settings=SMALL.replace(calibrate=True))
+    assert res.is_calibration is not None and res.is_calibration.sum() == 30 and not res.is_candidate[
+        res.is_calibration].any()
+    held = ~res.is_candidate & ~res.is_calibration
+    assert res.calibration.heldout == 30 and held.sum() == 10
+    assert res.threshold == calibrate(res.similarity[res.is_calibration], 0.01).threshold
+    assert res.threshold != calibrate(res.similarity[held], 0.01).threshold  # the held-out rows did not set it

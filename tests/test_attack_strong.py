@@ -21,7 +21,7 @@ def test_tries_cover_every_prefix_and_decoding_weakest_first() -> None:
     tv = strong_tries(var, default_prefix(var))
     assert sorted({t.prefix for t in tv}) == [0, 1, 2, 3, 4, 5]  # 6 scales: prefixes 0..5
     assert [t.sort_key() for t in tv] == sorted(t.sort_key() for t in tv)
-    assert {t.kind for t in tv if t.prefix == 3} == {"greedy", "guided", "sampled", "trigger"}
+    assert {t.kind for t in tv if t.prefix == default_prefix(var)} == {"greedy", "guided", "sampled", "trigger"}
     assert {t.prefix for t in tv if t.trigger} == {0, default_prefix(var)}
     tr = strong_tries(rar, default_prefix(rar))
     assert max(t.prefix for t in tr) == 32 and 0 in {t.prefix for t in tr} and default_prefix(rar) in {

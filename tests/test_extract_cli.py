@@ -17,7 +17,7 @@ from iarmem.data import bundled_mnist, make_plan, write_manifest
 from iarmem.models import build
 from iarmem.models.loading import save_model_folder
 
-FAST = ["--top", "1", "--batch-size", "8"]
+FAST = ["--top", "1", "--batch-size", "8", "--calibration-images", "40"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,11 @@ def test_cli_writes_every_output(first_run: Path) -> None:
     for name in ("candidates.csv", "summary.json", "extracted.png", "scores.csv", "generated.safetensors"):
         assert (first_run / name).is_file(), name
     rows = _rows(first_run / "candidates.csv")
-    assert len(rows) == 30  # 20 trained (10 planted + 10 ordinary) + 10 held out, all scored
+    assert len(rows) == 70  # 20 trained (10 planted + 10 ordinary) + 10 held out, all scored; 40 calibration
+    cal = [r for r in rows if r["group"] == "calibration"]
+    assert len(cal) == 40 and all(r["generated"] == "yes" and r["is_candidate"] == "no" for r in cal)
+    assert not {r["id"] for r in cal} & {r["id"] for r in rows if r["group"] != "calibration"}
+    assert len({r["class"] for r in cal}) == 10  # class-balanced, outside the plan
     assert {"id", "class", "group", "top1", "gt_prob", "loss", "tokens", "tokens_fg", "background_share", "ssim",
             "psnr", "similarity", "extracted", "is_candidate", "copies_other", "other_similarity"} <= set(rows[0])
     cands = [r for r in rows if r["is_candidate"] == "yes"]
@@ -56,14 +60,18 @@ def test_cli_writes_every_output(first_run: Path) -> None:
     assert not any(r["is_candidate"] == "yes" for r in rows if r["group"] == "heldout")
     s = json.loads((first_run / "summary.json").read_text())
     assert s["candidates"] == 10 and s["metric"] == "tokens"
-    # held-out images exist: threshold and margin are calibrated on them, the margin not below its floor
-    assert s["calibration"]["heldout"] == 10 and s["threshold"] == s["calibration"]["threshold"]
-    assert s["margin"] >= 0.1 and s["margin_calibration"]["heldout"] == 10 and s["pool"] == 30
+    # threshold and margin are calibrated on the 40 never-trained images outside the plan, the margin not
+    # below its floor; the held-out images are judged out of sample (no left-out estimate needed)
+    assert s["calibration"]["heldout"] == 40 and s["threshold"] == s["calibration"]["threshold"]
+    assert s["margin"] >= 0.1 and s["margin_calibration"]["heldout"] == 40 and s["pool"] == 70
+    assert s["calibration_images"] == 40 and s["heldout_left_out_false_positives"] is None
+    assert s["calibration_false_positives"] <= s["calibration"]["allowed"]
     assert {"image_extracted", "extracted_via", "other_id"} <= set(rows[0])
     assert s["heldout_false_positives"] == 0 and set(s["membership"]) >= {"heldout", "mia_loss", "mia_cfg"}
     assert set(s["membership"]["mia_cfg"]) == {"planted", "ordinary", "members"}
-    assert set(s["rates"]) == {"planted", "ordinary", "heldout"} and s["by_group"]["heldout"]["generated"] == 10
-    assert s["prefix"]["steps"] == 3 and "scales" in s["prefix"]["rule"]
+    assert set(s["rates"]) == {"planted", "ordinary", "heldout", "calibration"}
+    assert s["by_group"]["heldout"]["generated"] == 10
+    assert s["prefix"]["steps"] == 4 and "scales" in s["prefix"]["rule"]
     assert s["model"]["preset"] == "tiny-var" and s["world_size"] == 1
     run = json.loads((first_run / "run.json").read_text())
     assert run["stage"] == "extract" and run["status"] == "finished"
@@ -138,7 +146,8 @@ def test_explicit_ids_on_a_model_without_manifest(tmp_path: Path, capsys: pytest
 
 def test_two_processes_write_what_one_writes(model_dir: Path, tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = [str(model_dir), "mnist", "--top", "1", "--batch-size", "4", "--logit-noise", "0.5", "--metric", "ssim"]
+    args = [str(model_dir), "mnist", "--top", "1", "--batch-size", "4", "--logit-noise", "0.5", "--metric", "ssim",
+            "--calibration-images", "16"]
     one = subprocess.run([sys.executable, "-m", "iarmem", "extract", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr

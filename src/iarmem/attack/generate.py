@@ -8,7 +8,6 @@ looks at what comes out. Shorter token layouts need a rule for the prefix (see `
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
 from dataclasses import dataclass
 
@@ -19,7 +18,6 @@ from iarmem.errors import UserError
 from iarmem.models.base import IAR, Tokens
 
 PAPER_PREFIX_SCALES = 4  # of VAR's 10 scales
-PAPER_VAR_SCALES = 10
 PAPER_PREFIX_TOKENS = 30  # of RAR's 16 x 16 raster tokens
 PAPER_GRID_WIDTH = 16
 
@@ -31,11 +29,10 @@ def is_multiscale(iar: IAR) -> bool:
 def default_prefix(iar: IAR) -> int:
     """The paper's prefix carried over to ``iar``'s layout, in generation steps.
 
-    VAR: 40 % of the scales (4 of 10) rounded *up*, kept within 1..K-1 (tiny-var's 6 scales: 3).
-    Rounding 2.4 down would leave tiny-var the 1x1 and 2x2 maps only (5 tokens): measured on a
-    trained tiny-var, held-out prompts then made the model emit planted images (class-only
-    conditioning) and 40 % of the planted images were not reproduced token for token; with 3
-    scales 95 % were, with no held-out image passing (docs/ATTACK.md).
+    VAR: the paper's first 4 scales (1x1 to 4x4, 30 tokens), kept within 1..K-1; tiny-var's scales
+    begin 1, 2, 3, 4 too, so it gets the same 30 tokens. The proportional 40 % of 6 scales (3, 14
+    tokens) missed 4 and 3 of 20 planted images on two of three trained tiny-vars, continued
+    greedily into other digits; 4 scales reproduce all 20 on all three (docs/RESULTS.md section 4).
     Raster: the same number of grid *rows* as the paper's 30 tokens of a 16-wide grid (1.875 rows),
     i.e. round(30 * width / 16) tokens (8x8 grid: 15). Scaling by rows rather than by sequence
     length keeps the prefix reaching into the image: on an 8x8 MNIST grid the length-proportional
@@ -43,7 +40,7 @@ def default_prefix(iar: IAR) -> int:
     """
     if is_multiscale(iar):
         K = len(iar.grids)
-        return min(K - 1, max(1, math.ceil(PAPER_PREFIX_SCALES * K / PAPER_VAR_SCALES - 1e-9)))
+        return min(K - 1, PAPER_PREFIX_SCALES)
     _, w = iar.grids[0]
     return min(iar.seq_len - 1, max(1, int(PAPER_PREFIX_TOKENS * w / PAPER_GRID_WIDTH + 0.5)))
 

@@ -35,7 +35,7 @@ STRONG_FILE = "strong.csv"
 OUTPUTS = (CANDIDATES_FILE, SUMMARY_FILE, FIGURE_FILE, SCORES_FILE, TOKENS_FILE)
 SCORE_COLUMNS = ("id", "label", "top1", "gt_prob", "loss", *STATISTICS)
 MEASURES = ("tokens", "tokens_fg", "background_share", "prefix_background", "ssim", "psnr", "sscd", "features")
-GROUPS = ("planted", "ordinary", "heldout", "other")
+GROUPS = ("planted", "ordinary", "heldout", "calibration", "other")
 
 
 # ---- scores (the resume point) ---------------------------------------------------------------------
@@ -85,11 +85,25 @@ def class_ranks(scores: dict[str, np.ndarray], by: str) -> np.ndarray:
     return ranks
 
 
+def calibration_ids(result: AttackResult) -> np.ndarray:
+    """The never-trained images outside the plan that calibrated the decision (none: the held-out did)."""
+    if result.is_calibration is None:
+        return np.empty(0, dtype=np.int64)
+    return result.ids[result.is_calibration]
+
+
+def groups_of(plan: Plan | None, ids: np.ndarray, result: AttackResult) -> np.ndarray:
+    """The plan's groups, with the calibration images as their own group 'calibration'."""
+    out = group_of(plan, ids)
+    out[np.isin(ids, calibration_ids(result))] = "calibration"
+    return out
+
+
 def table(ds: ImageDataset, plan: Plan | None, s: AttackSettings, scores: dict[str, np.ndarray],
           result: AttackResult) -> list[dict[str, str]]:
     """candidates.csv as rows of strings, in id order."""
     ids = np.union1d(scores["id"], result.ids)
-    groups = group_of(plan, ids)
+    groups = groups_of(plan, ids, result)
     at_score = {int(i): k for k, i in enumerate(scores["id"])}
     at_gen = {int(i): k for k, i in enumerate(result.ids)}
     ranks = class_ranks(scores, s.score_by) if len(scores["id"]) else np.zeros(0, dtype=np.int64)
@@ -144,11 +158,12 @@ def _mean(x: np.ndarray) -> float | None:
 def by_group(plan: Plan | None, scores: dict[str, np.ndarray], result: AttackResult) -> dict[str, Any]:
     """Per planted / ordinary / held-out / other: scored, generated, extracted from their own prompt (and the
     rate per generation), images extracted by any prompt, recall, mean scores."""
-    g_scored, g_gen = group_of(plan, scores["id"]), group_of(plan, result.ids)
+    g_scored, g_gen = groups_of(plan, scores["id"], result), groups_of(plan, result.ids, result)
     taken = result.extracted_ids()
-    g_taken = group_of(plan, taken)
+    g_taken = groups_of(plan, taken, result)
     sizes = ({"planted": len(plan.planted_ids), "ordinary": len(plan.ordinary_ids),
-              "heldout": len(plan.heldout_ids)} if plan is not None else {})
+              "heldout": len(plan.heldout_ids), "calibration": len(calibration_ids(result)) or None}
+             if plan is not None else {})
     out: dict[str, Any] = {}
     for g in GROUPS:
         sc, ge, tk = g_scored == g, g_gen == g, g_taken == g
@@ -172,8 +187,12 @@ def by_group(plan: Plan | None, scores: dict[str, np.ndarray], result: AttackRes
 
 
 def _left_out(result: AttackResult) -> int | None:
-    """Held-out controls that would count as extracted had they been left out of the calibration."""
-    if result.calibration is None or result.decision.margin_calibration is None:
+    """Held-out controls that would count as extracted had they been left out of the calibration.
+
+    With separate calibration images the held-out controls are already out of sample: None.
+    """
+    if (result.calibration is None or result.decision.margin_calibration is None
+            or result.is_calibration is not None):
         return None
     own, held = result.similarity, ~result.is_candidate
     gap = own - result.measures["other_similarity"]
@@ -228,7 +247,8 @@ def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, 
     groups = by_group(plan, scores, result)
     taken = result.extracted_ids()
     heldout_ids = plan.heldout_ids if plan is not None else np.empty(0, dtype=np.int64)
-    leaked = np.setdiff1d(taken, heldout_ids)  # training images; a held-out one is a false positive
+    calib = calibration_ids(result)
+    leaked = np.setdiff1d(taken, np.union1d(heldout_ids, calib))  # training images; the others are false positives
     n, k = int(cand.sum()), len(leaked)
     planted = int(np.isin(taken, plan.planted_ids).sum()) if plan is not None else None
     by_class = {}
@@ -236,7 +256,11 @@ def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, 
         m = cand & (result.labels == c)
         by_class[ds.classes[int(c)]] = {"candidates": int(m.sum()), "extracted": int((result.extracted & m).sum())}
     notes = []
-    if result.calibration is not None:
+    if result.calibration is not None and len(calib):
+        notes.append(f"threshold and margin were calibrated on {len(calib)} never-trained images outside the plan "
+                     "(their rate is at most the chosen false-positive rate by construction); the held-out images "
+                     "are judged out of sample")
+    elif result.calibration is not None:
         notes.append("threshold and margin were calibrated on the held-out images, so their rate is at most the "
                      "chosen false-positive rate by construction")
     if plan is None:
@@ -250,6 +274,8 @@ def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, 
         "extracted_ids": [int(i) for i in leaked],
         "heldout_false_positives": int(np.isin(taken, heldout_ids).sum()),
         "heldout_left_out_false_positives": _left_out(result),
+        "calibration_images": len(calib),
+        "calibration_false_positives": int(np.isin(taken, calib).sum()),
         "precision": planted / len(taken) if planted is not None and len(taken) else None,
         "metric": result.metric,
         "metric_description": METRICS[result.metric].what,
@@ -263,7 +289,7 @@ def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, 
                                if result.decision.margin_calibration is not None else None),
         "decision": result.decision.text(result.metric),
         "pool": int(result.timing.get("pool", 0)),
-        "rates": {g: groups[g]["rate"] for g in ("planted", "ordinary", "heldout") if g in groups},
+        "rates": {g: groups[g]["rate"] for g in ("planted", "ordinary", "heldout", "calibration") if g in groups},
         "by_group": groups,
         "by_class": by_class,
         "copies_other": {"candidates": int((result.copies_other & cand).sum()),
@@ -271,6 +297,7 @@ def summarize(iar: IAR, ds: ImageDataset, plan: Plan | None, s: AttackSettings, 
         "membership": evaluate_membership(scores, plan),
         "strong": strong_summary(iar, plan, result, strong) if strong is not None else None,
         "scoring": {"subset": sel.subset, "scored": len(scores["id"]), "heldout_controls": len(sel.heldout),
+                    "calibration_images": len(sel.calibration),
                     "positions": describe_positions(iar, s.last), "score_by": s.score_by,
                     "selection": "explicit --ids" if s.ids is not None else
                     f"top {s.top} {'per class' if s.per_class else 'overall'}"},

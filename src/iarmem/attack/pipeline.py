@@ -37,6 +37,7 @@ from iarmem.attack.settings import AttackSettings, load_extractors
 from iarmem.attack.similarity import Embedder, background_ids, embed, prefix_background, psnr, ssim, token_measures
 from iarmem.attack.strong import run_strong
 from iarmem.data import ImageDataset, Plan
+from iarmem.data.planting import outside_sample
 from iarmem.distributed import World, all_gather_object
 from iarmem.errors import UserError
 from iarmem.fileio import atomic_path
@@ -201,6 +202,7 @@ class AttackResult:
     prefix_tokens: int
     prefix_rule: str
     timing: dict[str, float] = field(default_factory=dict)
+    is_calibration: np.ndarray | None = None  # rows that calibrated the decision when not the held-out controls
 
     @property
     def threshold(self) -> float:
@@ -256,8 +258,12 @@ def nearest_in_pool(iar: IAR, ds: ImageDataset, metric: str, ids: np.ndarray, ge
 
 def _decide(iar: IAR, s: AttackSettings, metric: Metric, ids: np.ndarray, labels: np.ndarray,
             is_candidate: np.ndarray, heldout: np.ndarray, gt: Tensor, gen: Tensor, prefix: int,
-            pix: Arrays, nearest: tuple[np.ndarray, np.ndarray]) -> AttackResult:
-    """Token measures, threshold and margin, the prompt-specific decisions (rank 0)."""
+            pix: Arrays, nearest: tuple[np.ndarray, np.ndarray], is_cal: np.ndarray) -> AttackResult:
+    """Token measures, threshold and margin, the prompt-specific decisions (rank 0).
+
+    The calibration rows (``is_cal``) set threshold and margin when there are any; the held-out
+    controls then stand out of sample. Without them the held-out controls calibrate.
+    """
     start = prefix_tokens(iar, prefix)
     bg = background_ids(gt, Tokens(gt[:1].long(), iar.grids).begin_ends) if len(gt) else torch.zeros(iar.seq_len)
     measures = {k: v.double().numpy() for k, v in token_measures(gen, gt, start, bg).items()}
@@ -267,12 +273,13 @@ def _decide(iar: IAR, s: AttackSettings, metric: Metric, ids: np.ndarray, labels
     other, other_id = nearest
     measures["other_similarity"], measures["other_id"] = other, other_id
     gap = own - other
-    decision = decide_rule(metric, own, gap, heldout, calibrate_on=s.calibrates(int(heldout.sum())), fpr=s.fpr,
+    cal = is_cal if is_cal.any() else heldout
+    decision = decide_rule(metric, own, gap, cal, calibrate_on=s.calibrates(int(cal.sum())), fpr=s.fpr,
                            threshold=s.threshold, margin=s.margin)
     measures["extracted"] = copies_other(other, own, decision.threshold, decision.margin)
     measures["copies_other"] = copies_other(own, other, decision.other_bar, decision.margin)
     return AttackResult(ids, labels, is_candidate, gt, gen, measures, metric.name, decision, prefix, start,
-                        describe_prefix(iar, prefix, s.prefix is None))
+                        describe_prefix(iar, prefix, s.prefix is None), is_calibration=is_cal if is_cal.any() else None)
 
 
 def _cached_tokens(path: Path | None, ids: np.ndarray, prefix: int, seq_len: int) -> tuple[Tensor, Tensor] | None:
@@ -296,13 +303,16 @@ def attack_ids(iar: IAR, ds: ImageDataset, ids: Sequence[int] | np.ndarray, labe
                settings: AttackSettings | None = None, *, heldout: Sequence[int] | np.ndarray = (),
                pool: Sequence[int] | np.ndarray | None = None, extractors: dict[str, Embedder] | None = None,
                world: World | None = None, token_cache: Path | None = None,
-               reuse_tokens: bool = False, pool_cache: TokenCache | None = None) -> AttackResult:
+               reuse_tokens: bool = False, pool_cache: TokenCache | None = None,
+               calibration: Sequence[int] | np.ndarray = ()) -> AttackResult:
     """Generate from the prefixes of ``ids`` (+ held-out controls) and judge each: the attack without selection.
 
     ``labels`` override the class a candidate is prompted with (default: its dataset label).
     ``heldout`` images are generated and judged too (never candidates) and calibrate threshold and
-    margin (``settings.calibrates``). ``pool``: the images a generation is compared with to find the
-    nearest other (default: ids + held-out). The mitigation sweep calls this on edited models in memory.
+    margin (``settings.calibrates``), unless ``calibration`` images (never trained on, never candidates)
+    are given: those calibrate and the held-out controls are judged out of sample. ``pool``: the
+    images a generation is compared with to find the nearest other (default: every generated one).
+    The mitigation sweep calls this on edited models in memory.
     ``token_cache``: where rank 0 saves the generated tokens; with ``reuse_tokens`` a cache that
     holds the same ids and prefix is read instead of generating again.
     """
@@ -312,7 +322,8 @@ def attack_ids(iar: IAR, ds: ImageDataset, ids: Sequence[int] | np.ndarray, labe
     metric = choose_metric(s.metric, set(extractors))
     given = np.asarray(ids, dtype=np.int64).reshape(-1)
     held = np.unique(np.asarray(heldout, dtype=np.int64))
-    all_ids = np.union1d(given, held)
+    calib = np.setdiff1d(np.asarray(calibration, dtype=np.int64), np.union1d(given, held))
+    all_ids = np.union1d(np.union1d(given, held), calib)
     if len(all_ids) == 0:
         raise UserError("no images to attack: the id list is empty")
     _check_ids(all_ids, len(ds))
@@ -325,7 +336,8 @@ def attack_ids(iar: IAR, ds: ImageDataset, ids: Sequence[int] | np.ndarray, labe
                         f"{int(lab.max()) + 1} classes")
     prefix = check_prefix(iar, default_prefix(iar) if s.prefix is None else s.prefix)
     is_heldout = np.isin(all_ids, held)
-    is_candidate = np.isin(all_ids, given) & ~is_heldout
+    is_cal = np.isin(all_ids, calib)
+    is_candidate = np.isin(all_ids, given) & ~is_heldout & ~is_cal
 
     t0 = time.monotonic()
     cached = from_main(world, lambda: _cached_tokens(token_cache if reuse_tokens else None, all_ids, prefix,
@@ -344,7 +356,7 @@ def attack_ids(iar: IAR, ds: ImageDataset, ids: Sequence[int] | np.ndarray, labe
     nearest = nearest_in_pool(iar, ds, metric.name, all_ids, gen, prefix_tokens(iar, prefix), pool_ids, pix,
                               extractors, s, world, pool_cache)
     result = from_main(world, lambda: _decide(iar, s, metric, all_ids, lab, is_candidate, is_heldout, gt, gen,
-                                              prefix, pix, nearest))
+                                              prefix, pix, nearest, is_cal))
     result.timing = {"generation_s": t1 - t0, "decision_s": time.monotonic() - t1, "pool": len(pool_ids)}
     return result
 
@@ -373,6 +385,7 @@ class Selection:
     pool: np.ndarray  # candidate pool (held-out ids removed)
     heldout: np.ndarray  # control images (always scored and generated when a plan exists)
     subset: str  # how the pool was chosen
+    calibration: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # generated, not scored
 
     @property
     def scored(self) -> np.ndarray:
@@ -395,7 +408,9 @@ def image_pool(ds: ImageDataset, plan: Plan | None, s: AttackSettings) -> Select
                         "manifest); pass --threshold instead")
     if len(pool) == 0:
         raise UserError(f"no images to attack: subset {subset!r} holds only held-out images or none at all")
-    return Selection(pool, heldout, subset)
+    calibrates = plan is not None and s.calibrates(len(heldout))
+    calib = outside_sample(plan, ds.labels, s.calibration, s.seed) if calibrates else np.empty(0, dtype=np.int64)
+    return Selection(pool, heldout, subset, np.setdiff1d(calib, pool))
 
 
 def choose_candidates(scores: Arrays, sel: Selection, s: AttackSettings) -> np.ndarray:
@@ -442,17 +457,20 @@ def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSe
     t_score = time.monotonic() - t0
     candidates = from_main(world, lambda: choose_candidates(scores, sel, s))
     if world.is_main:
-        log(f"generating {len(candidates)} candidates + {len(sel.heldout)} held-out controls")
+        log(f"generating {len(candidates)} candidates + {len(sel.heldout)} held-out controls"
+            + (f" + {len(sel.calibration)} never-trained images to calibrate on" if len(sel.calibration) else ""))
     result = attack_ids(iar, ds, candidates, None, s, heldout=sel.heldout, pool=sel.scored, extractors=extractors,
                         world=world, token_cache=out / TOKENS_FILE if out is not None else None, reuse_tokens=resume,
-                        pool_cache=pool_cache)
+                        pool_cache=pool_cache, calibration=sel.calibration)
     result.timing = {"scoring_s": t_score, **result.timing, "total_s": time.monotonic() - t0}
     strong = None
     if s.strength == "strong":
         if world.is_main:
             log(f"strong attack on {int(result.is_candidate.sum())} targets + {len(sel.heldout)} held-out controls")
-        strong = run_strong(iar, ds, result.ids, result.labels, ~result.is_candidate, result.gt, sel.scored,
-                            METRICS[result.metric], result.prefix, s, extractors, world, pool_cache)
+        keep = ~result.is_calibration if result.is_calibration is not None else np.ones(len(result.ids), bool)
+        strong = run_strong(iar, ds, result.ids[keep], result.labels[keep], ~result.is_candidate[keep],
+                            result.gt[torch.from_numpy(keep)], sel.scored, METRICS[result.metric], result.prefix, s,
+                            extractors, world, pool_cache)
     summary = from_main(world, lambda: outputs.summarize(iar, ds, plan, s, sel, scores, result, source,
                                                          world.size, strong))
     if out is not None and world.is_main:

@@ -38,6 +38,7 @@ class AttackSettings:
     margin: float | None = None  # fixed margin over the nearest other image (-inf: none, the absolute rule)
     calibrate: bool | None = None  # threshold and margin from the held-out images (None: when there are any)
     fpr: float = 0.01  # calibration: allowed fraction of held-out images counted as extracted
+    calibration: int = 200  # never-trained images outside the plan that calibrate (0: the plan's held-out set)
     sscd: str | None = None  # SSCD TorchScript file
     features: str | None = None  # TorchScript feature extractor, or "trained:PATH"
     features_size: int = 224  # input side of a --features TorchScript file
@@ -84,6 +85,9 @@ class AttackSettings:
             raise UserError(f"--margin must be a number (or 'none' for no margin), got {self.margin}")
         if not 0 < self.fpr < 1:
             raise UserError(f"--fpr must lie in (0, 1), got {self.fpr}")
+        if self.calibration < 0:
+            raise UserError(f"--calibration-images must be >= 0 (0: calibrate on the plan's held-out images), "
+                            f"got {self.calibration}")
         if self.features_size < 1:
             raise UserError(f"--features-size must be >= 1, got {self.features_size}")
         if self.batch_size < 1:

@@ -10,7 +10,8 @@ compares the generation with the tokenizer's reconstruction of the image and wit
 scored image. A generation extracts its prompt image when it is close to it (above the threshold)
 and closer to it than to any other training or held-out image by the margin; a generation closer to
 another image by the margin extracts that image. Held-out images of a planted model are generated
-too: they calibrate threshold and margin (at --fpr) and count the false positives. The same pass
+too, with --calibration-images never-trained images from outside the plan: those calibrate threshold
+and margin (at --fpr), and the held-out images count the false positives out of sample. The same pass
 gives membership-inference scores (loss and guidance difference) with AUC against the held-out
 images. Writes candidates.csv (one row per scored image), scores.csv, summary.json and
 extracted.png. Runs sharded under `torchrun --nproc_per_node N -m iarmem extract ...`.
@@ -72,7 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="raster models: score the last K tokens (default 99 of 256, proportional when shorter)")
     g = p.add_argument_group("generation")
     g.add_argument("--prefix", type=int, help="ground-truth prefix in generation steps (VAR: scales; raster: tokens); "
-                   "default 40%% of VAR scales rounded up (4 of 10), raster 30 tokens per 16 grid columns (30 of 256)")
+                   "default the paper's: VAR the first 4 scales (30 tokens), raster 30 tokens per 16 grid columns "
+                   "(30 of 256)")
     g.add_argument("--logit-noise", type=float, default=0.0,
                    help="std of Gaussian noise added to the logits (the defense baseline); default 0")
     g.add_argument("--strength", choices=STRENGTHS, default="default",
@@ -98,6 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cal.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                      help="use the metric's fixed defaults even when there are held-out images")
     g.add_argument("--fpr", type=float, default=0.01, help="calibration false-positive rate (default 0.01)")
+    g.add_argument("--calibration-images", dest="calibration", type=int, default=200,
+                   help="never-trained images outside the planting plan, class-balanced, that calibrate threshold "
+                        "and margin, so the plan's held-out images are judged out of sample and the rate resolves "
+                        "--fpr (default 200; 0: calibrate on the plan's held-out images)")
     g.add_argument("--sscd", help="SSCD copy-detection TorchScript file (the paper's measure)")
     g.add_argument("--features", help="a TorchScript feature extractor FILE (input side --features-size), "
                    "trained:PATH (the CNN iarmem trains, see features.py) or torchscript:PATH[:SIZE]")
@@ -117,7 +123,7 @@ def settings_from(args: argparse.Namespace, num_images: int) -> AttackSettings:
         subset=args.subset, fraction=args.fraction, per_class_subset=args.per_class_subset, ids=ids, top=args.top,
         per_class=args.per_class, score_by=args.score, last=args.last, prefix=args.prefix,
         logit_noise=args.logit_noise, metric=args.metric, threshold=args.threshold, margin=args.margin,
-        calibrate=args.calibrate,
+        calibrate=args.calibrate, calibration=args.calibration,
         fpr=args.fpr, sscd=args.sscd, features=args.features, features_size=args.features_size,
         batch_size=args.batch_size, seed=args.seed, figure_pairs=args.figure_pairs, strength=args.strength,
         trigger_steps=args.trigger_steps, membership=args.membership,

@@ -85,6 +85,19 @@ class Plan:
             )
 
 
+def outside_sample(plan: Plan, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` class-balanced ids the plan never touched: images no model of the plan trained on.
+
+    The plan's own held-out set is as large as its planted set (20 on the tiny models), too few to
+    resolve a 1 % false-positive rate; the rest of the dataset is a larger pool of non-members.
+    """
+    used = np.concatenate([plan.planted_ids, plan.ordinary_ids, plan.heldout_ids])
+    rest = np.setdiff1d(np.arange(plan.num_images, dtype=np.int64), used)
+    if n <= 0 or len(rest) == 0:
+        return np.empty(0, dtype=np.int64)
+    return np.sort(balanced_sample(labels, min(n, len(rest)), seed=seed, purpose="calibration", pool=rest))
+
+
 def make_plan(
     labels: np.ndarray,
     *,
