@@ -25,7 +25,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     weights[first] = weights[first] + 1e-3  # another model: same layout, other weights
     save_file(weights, str(other / "model.safetensors"))
     extract = root / "extract"
-    assert main(["extract", str(model), "mnist", "--top", "1", "--no-membership", "--out", str(extract)]) == 0
+    assert main(["extract", str(model), "mnist", "--top", "1", "--no-membership", "--calibration-images", "20",
+                 "--out", str(extract)]) == 0
     return {"model": model, "other": other, "extract": extract, "root": root}
 
 
@@ -50,6 +51,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(runs: dict[str, Path],
     _fails([*base, "--leaked", str(runs["model"])], capsys, out, "not a run folder of `iarmem extract`")
     _fails([*base, "--leaked", str(runs["extract"]), "--alternatives", "random,magic"], capsys, out, "magic")
     _fails([*base, "--leaked", str(runs["extract"]), "--max-units", "0"], capsys, out, "--max-units")
+    _fails([*base, "--leaked", str(runs["extract"]), "--max-targets", "0"], capsys, out, "--max-targets")
     other = ["repair", str(runs["other"]), "mnist", "--out", str(out), "--leaked", str(runs["extract"]),
              "--images", "5"]
     _fails(other, capsys, out, "attacked another model")
@@ -65,3 +67,24 @@ def test_the_extract_run_s_decision_settings_are_kept(runs: dict[str, Path]) -> 
     s = attack_settings(leaked, Namespace(batch_size=8, seed=3, trigger_steps=5))
     assert (s.metric, s.fpr, s.prefix, s.strength, s.seed, s.trigger_steps) == ("ssim", 0.05, 2, "strong", 3, 5)
     assert s.ids is None and s.logit_noise == 0.0 and not s.membership
+
+
+def test_max_targets_takes_a_class_balanced_seeded_sample_of_the_leak() -> None:
+    import argparse
+
+    import numpy as np
+
+    from iarmem.data import bundled_mnist, make_plan
+    from iarmem.mitigate.repair_run import choose_targets
+
+    ds = bundled_mnist()
+    plan = make_plan(ds.labels, num_train=10, plant=20, copies=2, seed=0)
+    leaked = [*plan.planted_ids.tolist(), *plan.heldout_ids.tolist()]  # held-out ids are never targets
+    args = argparse.Namespace(images=None, leaked="run", max_targets=10, seed=0)
+    few = choose_targets(args, leaked, plan, ds.labels)
+    assert len(few) == 10 and set(few) <= set(plan.planted_ids.tolist()) and len(set(ds.labels[few])) == 10
+    assert np.array_equal(few, choose_targets(args, leaked, plan, ds.labels))
+    assert not np.array_equal(few, choose_targets(argparse.Namespace(**{**vars(args), "seed": 1}), leaked, plan,
+                                                  ds.labels))
+    args.max_targets = None
+    assert np.array_equal(choose_targets(args, leaked, plan, ds.labels), plan.planted_ids)

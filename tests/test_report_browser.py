@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_report_bench import SUMMARY
 from test_report_layout import demo_root
+from test_report_repair import _m
 
+from iarmem.bench.figure import bench_figure
 from iarmem.cli import main
+from iarmem.fileio import write_json
+from iarmem.mitigate.repair_run import _summary
+from iarmem.runs import start_run
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs Debian's chromium "
@@ -22,8 +28,8 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--virtual-time-budget=5000"]
-MAIN_IDS = ("findings", "models", "evidence", "localization", "extraction", "mitigation", "sweep-table", "quality",
-            "provenance")
+MAIN_IDS = ("findings", "models", "evidence", "localization", "extraction", "membership", "mitigation", "sweep-table",
+            "repair", "quality", "bench", "provenance")
 
 
 def chromium(tmp: Path, *args: str) -> str:
@@ -42,10 +48,35 @@ def body_data(dom: str) -> dict[str, str]:
     return {k: htmllib.unescape(v) for k, v in re.findall(r'data-([a-z-]+)="([^"]*)"', tag.group(1))}
 
 
+def add_the_demo_extras(root: Path) -> None:
+    """What the demo adds on its first family: the strong attack (real, on the random-weight model), a repair and a
+    bench run (written as the commands write them: their real runs need a model that memorized)."""
+    var = root / "var"
+    assert main(["extract", str(var / "train"), "mnist", "--out", str(var / "extract"), "--top", "1",
+                 "--batch-size", "8", "--calibration-images", "20", "--strength", "strong", "--trigger-steps", "2",
+                 "--overwrite"]) == 0
+    source = json.loads((var / "extract" / "summary.json").read_text())["model"]
+    run = start_run(var / "repair", "repair", {"model": str(var / "train")}, {})
+    record = {"targets": [1, 2], "extracted_before": [1, 2], "status": "partial", "message": "1 target left",
+              "before": _m(0, [1, 2], 2.0), "rounds": [_m(12, [2], 2.3)], "final": _m(12, [2], 2.3),
+              "alternatives": [_m(12, [1, 2], 2.1) | {"name": "random", "setting": "12 random units", "cleaned": 0,
+                                                       "of": 2}]}
+    write_json(var / "repair" / "repair.json", record)
+    write_json(var / "repair" / "summary.json", _summary(record) | {"model": source})
+    run.finish(["repair.json", "summary.json"], {})
+    bench = start_run(var / "bench", "bench", {"model": str(var / "train")})
+    write_json(bench.file("summary.json"), SUMMARY | {"model": source})
+    bench_figure(SUMMARY, bench.file("bench.png"))
+    bench.finish(["summary.json", "bench.png"], {})
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = demo_root(tmp_path_factory)
-    out = tmp_path_factory.mktemp("browser") / "report.html"
+    root = tmp_path_factory.mktemp("browser")
+    for family in ("var", "rar"):
+        shutil.copytree(demo_root(tmp_path_factory) / family, root / family)
+    add_the_demo_extras(root)
+    out = root / "report.html"
     assert main(["report", str(root / "var"), str(root / "rar"), "--out", str(out)]) == 0
     return out
 
@@ -69,6 +100,12 @@ def test_every_image_decodes_and_the_tables_are_there(report: Path, tmp_path: Pa
     for ident in MAIN_IDS:
         assert f'id="{ident}"' in dom, ident
     assert data["overflow-x"] == "no"
+    # the findings answer the reader's questions first; the strong attack, the repair and the bench are shown
+    findings = dom[dom.index('id="findings"'):dom.index('id="models-data"')]
+    for question in ("Does it leak?", "Where?", "What fixed it, at what quality, against which control?"):
+        assert f"<dt>{question}</dt>" in findings, question
+    assert "the strong attack (" in findings and "Beside it: random (12 units or steps) cleaned 0 of 2" in findings
+    assert 'data-label="edit">round 1</td>' in dom and "INJ: recall of the injected units" in dom
     shot = tmp_path / "report.png"
     chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,3000", report.as_uri())
     assert_picture(shot, 1200)

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", metavar="IDS",
                    help="repair these ids instead (a comma list or a file), or only the leaked images of a plan "
                         "group: planted or ordinary")
+    p.add_argument("--max-targets", type=int, metavar="N",
+                   help="repair at most N of them, a class-balanced seeded sample (a first look at a large leak)")
     p.add_argument("--tokenizer", help="official tokenizer file (presets)")
     p.add_argument("--weights", help="official transformer file (presets)")
     hub.add_arguments(p)
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         (args.max_quality_loss >= 0, f"--max-quality-loss must be >= 0, got {args.max_quality_loss}"),
         (0 < args.max_units <= 100, f"--max-units is a percent in (0, 100], got {args.max_units}"),
         (args.max_rounds >= 1, f"--max-rounds must be >= 1, got {args.max_rounds}"),
+        (args.max_targets is None or args.max_targets >= 1, f"--max-targets must be >= 1, got {args.max_targets}"),
         (args.prune_tries >= 0, f"--prune-tries must be >= 0, got {args.prune_tries}"),
         (args.n_per_class >= 2, f"--n-per-class must be >= 2 (FID needs a covariance), got {args.n_per_class}"),
         (args.unlearn_steps >= 1, f"--unlearn-steps must be >= 1, got {args.unlearn_steps}"),

@@ -16,6 +16,7 @@ import torch
 from iarmem.attack.settings import AttackSettings, load_extractors
 from iarmem.commands.repair import leaked_ids
 from iarmem.data import open_dataset
+from iarmem.data.subsets import balanced_sample
 from iarmem.distributed import barrier, close, init_world
 from iarmem.errors import UserError
 from iarmem.features import CNN_STEPS, parse_feature_spec, resolve_features
@@ -65,14 +66,14 @@ def attack_settings(leaked: dict[str, Any], args: argparse.Namespace) -> AttackS
                                           seed=args.seed, trigger_steps=args.trigger_steps).validate()
 
 
-def choose_targets(args: argparse.Namespace, leaked: list[int], plan: Any, n: int) -> np.ndarray:
+def choose_targets(args: argparse.Namespace, leaked: list[int], plan: Any, labels: np.ndarray) -> np.ndarray:
     if args.images in GROUPS:
         if plan is None:
             raise UserError(f"--images {args.images} needs a model folder with a planting manifest")
         group = plan.planted_ids if args.images == "planted" else plan.ordinary_ids
         ids = np.intersect1d(np.asarray(leaked, dtype=np.int64), group)
     elif args.images is not None:
-        ids = parse_ids(args.images, n, flag="--images")
+        ids = parse_ids(args.images, len(labels), flag="--images")
     else:
         ids = np.unique(np.asarray(leaked, dtype=np.int64))
     if plan is not None:
@@ -81,6 +82,9 @@ def choose_targets(args: argparse.Namespace, leaked: list[int], plan: Any, n: in
         what = f"--images {args.images}" if args.images else f"the extraction run {args.leaked}"
         raise UserError(f"no leaked images to repair: {what} names no extracted training image; run `iarmem extract "
                         f"MODEL DATA --strength strong` or pass --images IDS")
+    cap = getattr(args, "max_targets", None)
+    if cap is not None and len(ids) > cap:
+        ids = np.sort(balanced_sample(labels, cap, seed=args.seed, purpose="repair-targets", pool=ids))
     return ids
 
 
@@ -105,7 +109,7 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     plan = model_plan(args.model, ds) if is_model_folder(args.model) else None
     require_finished(args.leaked, "extract")
     leaked, leaked_summary = leaked_ids(Path(args.leaked))
-    targets = choose_targets(args, leaked, plan, len(ds))
+    targets = choose_targets(args, leaked, plan, ds.labels)
     loc_cfg = LocalizeConfig(model=args.model, data=args.data, out=str(Path(args.out) / "localize"),
                              tokenizer=args.tokenizer, weights=args.weights, method="gradient",
                              targets=tuple(int(i) for i in targets), refine=True, seed=args.seed, device=args.device,

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from iarmem.fileio import write_text
-from iarmem.report import bench, modeldata, repair, sections
+from iarmem.report import bench, findings, modeldata, repair, sections
 from iarmem.report.discover import discover
 from iarmem.report.html import esc, page, section
 from iarmem.report.provenance import environment, provenance_section
@@ -25,7 +25,7 @@ def build_report(paths: list[str], title: str | None = None) -> str:
     runs, groups = discover(paths)
     env = environment()
     parts = [
-        ("findings", "Findings", sections.findings_section(groups, runs)),
+        ("findings", "Findings", findings.findings_section(groups, runs)),
         ("models-data", "Models and data", modeldata.models_section(groups)),
         ("unitmem", "Where memorization sits (UnitMem)", sections.localization_section(groups)),
         ("leakage", "Leaked images before and after mitigation", sections.extraction_section(groups)),

@@ -34,6 +34,8 @@ p,li{overflow-wrap:anywhere}
 .note{color:#5b6672;font-size:.9em}
 .sentence{border-left:4px solid #3b7dd8;background:#eef4fc;padding:6px 10px;margin:8px 0}
 .warn{border-left:4px solid #c9821b;background:#fdf4e6;padding:6px 10px;margin:8px 0}
+dl.answers{margin:4px 0 12px}dl.answers dt{font-weight:600;margin-top:6px}
+dl.answers dd{margin:2px 0 0 16px;overflow-wrap:anywhere}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;max-width:100%}
 table{border-collapse:collapse;margin:6px 0;font-size:.88em}
 th,td{border-bottom:1px solid #e3e7ec;padding:4px 8px;text-align:left;vertical-align:top}

@@ -268,7 +268,7 @@ def _sweep_cell(key: str, p: dict[str, Any]) -> str:
     return num(v, 4)
 
 
-def _sweep_headline(s: dict[str, Any], label: str = "") -> str:
+def sweep_headline(s: dict[str, Any], label: str = "") -> str:
     """The sweep's best top-unit edit against the unedited model and its controls, in one sentence."""
     ref, best = as_dict(s.get("reference")), as_dict(s.get("best_edit"))
     if not ref or not best:
@@ -290,7 +290,7 @@ def sweep_section(groups: list[ModelGroup]) -> str:
             rows = _sweep_rows(r)
             s = as_dict(r.json("summary.json"))
             front = set(s.get("pareto") or []) or pareto_points(rows)
-            body = f"<h3>{esc(g.label)} &middot; {run_label(r)}</h3>" + _sweep_headline(s)
+            body = f"<h3>{esc(g.label)} &middot; {run_label(r)}</h3>" + sweep_headline(s)
             body += grid([figure(read_image(r.path / "pareto.png"), f"Pareto plot of {r.name}",
                                  "extracted training images against FID for every point of the grid; dashed: the "
                                  "Pareto front")])
@@ -354,46 +354,3 @@ def quality_section(groups: list[ModelGroup]) -> str:
 
 
 # ---------------------------------------------------------------- findings (the top of the report)
-
-
-def _first(g: ModelGroup, kind: str, role: str) -> Run | None:
-    return next((r for r in g.of(kind) if (r.variant or UNEDITED).role == role), None)
-
-
-def _ext_cell(r: Run | None) -> str:
-    s = as_dict(r.json("summary.json")) if r else {}
-    if not s:
-        return DASH
-    planted = as_dict(s.get("rates")).get("planted")
-    extra = f" (planted {rate(planted)})" if planted is not None else ""
-    return f"{num(s.get('extracted'))}/{num(s.get('candidates'))}{extra}"
-
-
-def _fid_cell(r: Run | None) -> str:
-    m = as_dict(r.json("metrics.json")) if r else {}
-    return num(m.get("fid"), 3) if m else DASH
-
-
-def findings_section(groups: list[ModelGroup], runs: list[Run]) -> str:
-    sentences, rows = [], []
-    roles = ("unedited", "mitigated", "random")
-    for g in groups:
-        for r in g.of("localize"):
-            s = as_dict(r.json("summary.json"))
-            text = where_sentence(s, g.label) if s else None
-            if text:
-                sentences.append(f'<p class="sentence">{esc(text)}</p>')
-        if g.of("extract", "evaluate"):
-            rows.append([f"<b>{esc(g.label)}</b>", *[_ext_cell(_first(g, "extract", k)) for k in roles],
-                         *[_fid_cell(_first(g, "evaluate", k)) for k in roles]])
-        for r in g.of("sweep"):
-            sentences.append(_sweep_headline(as_dict(r.json("summary.json")), g.label))
-    body = "".join(sentences)
-    if rows:
-        body += table(["model", "extracted: unedited", "mitigated", "random control", "FID: unedited", "mitigated",
-                       "random control"], rows, id_="findings", numeric=[False] + [True] * 6)
-    unfinished = [r for r in runs if not r.finished]
-    if unfinished:
-        body += ('<p class="warn">Unfinished runs (shown where they have files, marked): '
-                 + ", ".join(run_label(r) for r in unfinished) + "</p>")
-    return body or note("Nothing to summarise yet: no localize, extract or evaluate run among the folders.")
