@@ -66,6 +66,7 @@ def test_cli_writes_every_output(first_run: Path) -> None:
     assert s["margin"] >= 0.1 and s["margin_calibration"]["heldout"] == 40 and s["pool"] == 70
     assert s["calibration_images"] == 40 and s["heldout_left_out_false_positives"] is None
     assert s["calibration_false_positives"] <= s["calibration"]["allowed"]
+    assert s["threshold_rule"].startswith("calibrated on 40 never-trained calibration images")
     assert {"image_extracted", "extracted_via", "other_id"} <= set(rows[0])
     assert s["heldout_false_positives"] == 0 and set(s["membership"]) >= {"heldout", "mia_loss", "mia_cfg"}
     assert set(s["membership"]["mia_cfg"]) == {"planted", "ordinary", "members"}

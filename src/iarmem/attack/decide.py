@@ -79,6 +79,7 @@ class Calibration:
     heldout: int
     allowed: int
     heldout_above: int
+    source: str = "held-out"  # which never-trained images: the plan's held-out ones or the calibration set
 
     @property
     def resolution(self) -> float:
@@ -86,16 +87,18 @@ class Calibration:
         return 1.0 / self.heldout
 
     def rule(self) -> str:
-        return (f"calibrated on {self.heldout} held-out images: the smallest threshold at which at most "
+        return (f"calibrated on {self.heldout} {self.source} images: the smallest threshold at which at most "
                 f"{self.fpr:.2%} of them count as extracted ({self.allowed} allowed, {self.heldout_above} above; "
                 f"the rate resolution is {self.resolution:.2%})")
 
     def as_dict(self) -> dict[str, float | int | str]:
         return {"threshold": self.threshold, "fpr": self.fpr, "heldout": self.heldout, "allowed": self.allowed,
-                "heldout_above": self.heldout_above, "resolution": self.resolution, "rule": self.rule()}
+                "heldout_above": self.heldout_above, "resolution": self.resolution, "source": self.source,
+                "rule": self.rule()}
 
 
-def calibrate(heldout_sims: np.ndarray, fpr: float = 0.01, lo: float = -math.inf) -> Calibration:
+def calibrate(heldout_sims: np.ndarray, fpr: float = 0.01, lo: float = -math.inf,
+              source: str = "held-out") -> Calibration:
     """The smallest t with #{s > t} <= floor(fpr * m): the (floor(fpr * m) + 1)-th largest similarity.
 
     With m < 1 / fpr held-out images no false positive is allowed, so t is their maximum. NaN
@@ -110,7 +113,7 @@ def calibrate(heldout_sims: np.ndarray, fpr: float = 0.01, lo: float = -math.inf
                         "pass --threshold instead")
     allowed = int(math.floor(fpr * len(s) + 1e-9))
     t = float(s[allowed]) if allowed < len(s) else lo
-    return Calibration(t, fpr, len(s), allowed, int((s > t).sum()))
+    return Calibration(t, fpr, len(s), allowed, int((s > t).sum()), source)
 
 
 def extracted(sims: np.ndarray, threshold: float) -> np.ndarray:
@@ -155,7 +158,7 @@ class Decision:
 
 
 def decide_rule(metric: Metric, own: np.ndarray, gap: np.ndarray, heldout: np.ndarray, *, calibrate_on: bool,
-                fpr: float, threshold: float | None, margin: float | None) -> Decision:
+                fpr: float, threshold: float | None, margin: float | None, source: str = "held-out") -> Decision:
     """Threshold and margin: fixed (given, or the metric's defaults), or calibrated on the held-out rows.
 
     Calibration takes each at the smallest value that at most ``fpr`` of the held-out generations
@@ -167,7 +170,7 @@ def decide_rule(metric: Metric, own: np.ndarray, gap: np.ndarray, heldout: np.nd
     image" must also clear the metric's fixed default (the paper-style absolute bar).
     """
     if calibrate_on:
-        cal = calibrate(own[heldout], fpr, lo=metric.lo)
+        cal = calibrate(own[heldout], fpr, lo=metric.lo, source=source)
         t, t_rule = cal.threshold, cal.rule()
     else:
         cal = None
@@ -179,9 +182,9 @@ def decide_rule(metric: Metric, own: np.ndarray, gap: np.ndarray, heldout: np.nd
                         cal, None, other)
     if not calibrate_on:
         return Decision(t, t_rule, metric.margin, f"default for {metric.name}", cal)
-    mcal = calibrate(gap[heldout], fpr)
+    mcal = calibrate(gap[heldout], fpr, source=source)
     m = max(metric.margin, mcal.threshold)
-    rule = (f"calibrated like the threshold on the held-out margins ({mcal.threshold:.4g}), not below the floor "
+    rule = (f"calibrated like the threshold on the {source} margins ({mcal.threshold:.4g}), not below the floor "
             f"{metric.margin:g} for {metric.name}")
     return Decision(t, t_rule, m, rule, cal, mcal, max(t, metric.default_threshold))
 

@@ -275,7 +275,8 @@ def _decide(iar: IAR, s: AttackSettings, metric: Metric, ids: np.ndarray, labels
     gap = own - other
     cal = is_cal if is_cal.any() else heldout
     decision = decide_rule(metric, own, gap, cal, calibrate_on=s.calibrates(int(cal.sum())), fpr=s.fpr,
-                           threshold=s.threshold, margin=s.margin)
+                           threshold=s.threshold, margin=s.margin,
+                           source="never-trained calibration" if is_cal.any() else "held-out")
     measures["extracted"] = copies_other(other, own, decision.threshold, decision.margin)
     measures["copies_other"] = copies_other(own, other, decision.other_bar, decision.margin)
     return AttackResult(ids, labels, is_candidate, gt, gen, measures, metric.name, decision, prefix, start,
