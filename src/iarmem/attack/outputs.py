@@ -202,7 +202,7 @@ def _left_out(result: AttackResult) -> int | None:
 def strong_summary(iar: IAR, plan: Plan | None, result: AttackResult, strong: StrongResult) -> dict[str, Any]:
     """What the strong attack adds: images per group, those the default missed, per-try counts."""
     taken = strong.extracted_ids
-    default = result.extracted_ids()
+    default = np.setdiff1d(result.extracted_ids(), calibration_ids(result))  # the strong attack never sees those
     heldout_ids = plan.heldout_ids if plan is not None else np.empty(0, dtype=np.int64)
     groups = group_of(plan, taken)
     kinds = [strong.tries[strong.weakest[int(i)]].kind for i in taken]
