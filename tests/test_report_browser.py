@@ -104,7 +104,7 @@ def test_every_image_decodes_and_the_tables_are_there(report: Path, tmp_path: Pa
     findings = dom[dom.index('id="findings"'):dom.index('id="models-data"')]
     for question in ("Does it leak?", "Where?", "What fixed it, at what quality, against which control?"):
         assert f"<dt>{question}</dt>" in findings, question
-    assert "the strong attack (" in findings and "Beside it: random (12 units or steps) cleaned 0 of 2" in findings
+    assert "the strong attack (" in findings and "Beside it: 12 random units: cleaned 0 of 2 at FID +5 %" in findings
     assert 'data-label="edit">round 1</td>' in dom and "INJ: recall of the injected units" in dom
     shot = tmp_path / "report.png"
     chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,3000", report.as_uri())

@@ -28,7 +28,7 @@ from iarmem.runs import start_run
 
 FAMILIES = ("var", "rar")
 LOC = ["--augs", "2", "--batch-size", "8"]
-EXT = ["--top", "1", "--batch-size", "8"]
+EXT = ["--top", "1", "--batch-size", "8", "--calibration-images", "20"]
 
 
 def _finish(run: Any, command: list[str], outputs: list[str], summary: dict[str, Any] | None = None) -> None:

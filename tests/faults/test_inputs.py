@@ -47,7 +47,8 @@ def localize(model: str | Path, data: str | Path, out: Path, *extra: str) -> lis
 
 
 def extract(model: str | Path, data: str | Path, out: Path, *extra: str) -> list:
-    return ["extract", model, data, "--out", out, "--top", "1", "--batch-size", "8", *extra]
+    return ["extract", model, data, "--out", out, "--top", "1", "--batch-size", "8", "--calibration-images", "20",
+            *extra]
 
 
 def mitigate(model: str | Path, loc: str | Path, out: Path, *extra: str) -> list:

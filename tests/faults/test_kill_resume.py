@@ -54,7 +54,7 @@ JOBS = {
     "extract": Job(
         "extract",
         lambda i, out: ["extract", i.var, "mnist", "--out", out, "--subset", "all", "--per-class-subset", "6",
-                        "--top", "2", "--batch-size", "4"],
+                        "--top", "2", "--batch-size", "4", "--calibration-images", "10"],
         exact=("candidates.csv", "scores.csv", "generated.safetensors", "extracted.png"),
         json_files=("summary.json",),
         progress=r"^(score|generate|compare): \d+/\d+", checkpoints=("run.json", "scores.csv", "generated.safetensors"),

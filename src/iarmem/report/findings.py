@@ -82,8 +82,8 @@ def mitigation_sentence(g: ModelGroup) -> str | None:
 def repair_sentence(s: dict[str, Any]) -> str:
     """What the repair stopped, at what quality, and what its alternatives did at the same leak."""
     text = esc(s.get("sentence", "repair: no summary yet"))
-    alts = [f"{esc(a.get('name'))} ({num(a.get('units'))} units or steps) cleaned {num(a.get('cleaned'))} of "
-            f"{num(a.get('of'))} at FID {_relative(s.get('fid_before'), a.get('fid'))}"
+    alts = [f"{esc(a.get('setting') or a.get('name'))}: cleaned {num(a.get('cleaned'))} of {num(a.get('of'))} at "
+            f"FID {_relative(s.get('fid_before'), a.get('fid'))}"
             for a in s.get("alternatives") or []]
     return text + (". Beside it: " + "; ".join(alts) if alts else "") + "."
 
