@@ -62,7 +62,7 @@ def evaluate(model: str | Path, data: str | Path, out: Path, *extra: str) -> lis
 
 def sweep(model: str | Path, data: str | Path, loc: str | Path, out: Path, *extra: str) -> list:
     return ["sweep", model, data, loc, "--out", out, "--tops", "10", "--factors", "0.5", "--controls", "",
-            "--noise", "", "--n-per-class", "2", "--top", "1", *extra]
+            "--noise", "", "--n-per-class", "2", "--top", "1", "--calibration-images", "10", *extra]
 
 
 def train_iar(tok: str | Path, data: str | Path, out: Path, *extra: str) -> list:

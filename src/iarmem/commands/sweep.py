@@ -75,6 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=5, help="attack: candidates per class (default 5)")
     p.add_argument("--metric", help="attack decision metric (default as `iarmem extract`)")
     p.add_argument("--threshold", type=float, help="attack decision threshold")
+    p.add_argument("--calibration-images", dest="calibration", type=int, default=200,
+                   help="attack: never-trained images that calibrate the decision (as `iarmem extract`; default 200)")
     p.add_argument("--sscd", help="SSCD TorchScript file for the attack decision")
     p.add_argument("--seed", type=int, default=0, help="seed of controls, attack and samples")
     p.add_argument("--batch-size", type=int, default=32)
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     grid = SweepGrid(tuple(args.tops), tuple(args.factors), tuple(args.controls), tuple(args.noise), tuple(args.edits),
                      args.scope, args.reduce, args.seed).validate()
     attack = AttackSettings(top=args.top, metric=args.metric, threshold=args.threshold, sscd=args.sscd,
-                            batch_size=args.batch_size, seed=args.seed).validate()
+                            batch_size=args.batch_size, seed=args.seed, calibration=args.calibration).validate()
     parse_feature_spec(args.features)
     loc = load_localization(args.localization) if grid.tops else None
     iar, source = open_model(args.model, args.tokenizer, args.weights, args.device)
