@@ -2,8 +2,9 @@
 
 Trains a tokenizer and an IAR through the CLI (about four minutes on 2 CPU cores), then checks the
 training evidence and the extraction attack against the ground truth of the manifest. The recipe is
-shorter than the preset's (200 tokenizer steps, 300 ordinary images, 450 IAR steps: planted top-1 0.998,
-20 of 20 extracted at seeds 0 and 1), because the point is the pipeline, not the preset. Margins,
+shorter than the preset's: the demo's (200 tokenizer steps, 300 ordinary images, 420 IAR steps; at 450
+steps planted top-1 was 0.998 and 20 of 20 extracted at seeds 0 and 1; at 420, seed 0, in the demo: 0.994,
+20 of 20), because the point is the pipeline, not the preset. Margins,
 not exact numbers: the seed is fixed but float summation order may differ across machines.
 """
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.all_threads  # minutes of training: both cores help
 def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     assert main(["train", "tokenizer", "--preset", "tiny-rar", "--steps", "200", "--out", str(root / "tok")]) == 0
-    assert main(["train", "rar", "--preset", "tiny-rar", "--tokenizer", str(root / "tok"), "--steps", "450",
+    assert main(["train", "rar", "--preset", "tiny-rar", "--tokenizer", str(root / "tok"), "--steps", "420",
                  "--plant", "20", "--copies", "30", "--num-train", "300", "--out", str(root / "model")]) == 0
     return root
 
