@@ -27,8 +27,7 @@ def _summary(r: Run | None, name: str = "summary.json") -> dict[str, Any]:
     return as_dict(r.json(name)) if r else {}
 
 
-def _ext_cell(r: Run | None) -> str:
-    s = _summary(r)
+def _ext_cell(s: dict[str, Any]) -> str:
     if not s:
         return DASH
     planted = as_dict(s.get("rates")).get("planted")
@@ -36,8 +35,11 @@ def _ext_cell(r: Run | None) -> str:
     return f"{num(s.get('extracted'))}/{num(s.get('candidates'))}{extra}"
 
 
-def _fid(r: Run | None) -> Any:
-    return _summary(r, "metrics.json").get("fid")
+def _by_role(g: ModelGroup) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Each variant's extract summary and FID, read once for the sentences and the table."""
+    ext = {k: _summary(_first(g, "extract", k)) for k in ROLES}
+    fid = {k: _summary(_first(g, "evaluate", k), "metrics.json").get("fid") for k in ROLES}
+    return ext, fid
 
 
 def leak_sentence(s: dict[str, Any]) -> str:
@@ -65,10 +67,8 @@ def _relative(a: Any, b: Any) -> str:
     return f"{100 * (b - a) / a:+.0f} %" if ok else DASH
 
 
-def mitigation_sentence(g: ModelGroup) -> str | None:
+def mitigation_sentence(ext: dict[str, dict[str, Any]], fid: dict[str, Any]) -> str | None:
     """The paper's edit against its random control: leak and FID, each against the unedited model."""
-    ext = {k: _summary(_first(g, "extract", k)) for k in ROLES}
-    fid = {k: _fid(_first(g, "evaluate", k)) for k in ROLES}
     if not ext["unedited"] or not ext["mitigated"]:
         return None
     text = (f"The paper's edit leaves {num(ext['mitigated'].get('extracted'))} extracted (unedited "
@@ -88,19 +88,18 @@ def repair_sentence(s: dict[str, Any]) -> str:
     return text + (". Beside it: " + "; ".join(alts) if alts else "") + "."
 
 
-def _answers(g: ModelGroup) -> list[tuple[str, str]]:
+def _answers(g: ModelGroup, ext: dict[str, dict[str, Any]], fid: dict[str, Any]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    ext = _first(g, "extract", "unedited")
-    if ext and _summary(ext):
-        out.append(("Does it leak?", leak_sentence(_summary(ext))))
-    loc = _first(g, "localize", "unedited")
-    where = where_sentence(_summary(loc), g.label) if loc and _summary(loc) else None
+    if ext["unedited"]:
+        out.append(("Does it leak?", leak_sentence(ext["unedited"])))
+    loc = _summary(_first(g, "localize", "unedited"))
+    where = where_sentence(loc, g.label) if loc else None
     if where:
         out.append(("Where?", esc(where)))
-    fixes = [repair_sentence(_summary(r)) for r in g.of("repair") if _summary(r)]
-    mit = mitigation_sentence(g)
+    fixes = [repair_sentence(s) for s in map(_summary, g.of("repair")) if s]
+    mit = mitigation_sentence(ext, fid)
     fixes += [mit] if mit else []
-    fixes += [sweep_headline(_summary(r)) for r in g.of("sweep") if _summary(r)]
+    fixes += [sweep_headline(s) for s in map(_summary, g.of("sweep")) if s]
     if fixes:
         out.append(("What fixed it, at what quality, against which control?", " ".join(f for f in fixes if f)))
     return out
@@ -109,13 +108,14 @@ def _answers(g: ModelGroup) -> list[tuple[str, str]]:
 def findings_section(groups: list[ModelGroup], runs: list[Run]) -> str:
     blocks, rows = [], []
     for g in groups:
-        answers = _answers(g)
+        ext, fid = _by_role(g)
+        answers = _answers(g, ext, fid)
         if answers:
             items = "".join(f"<dt>{esc(q)}</dt><dd>{a}</dd>" for q, a in answers)
             blocks.append(f'<h3>{esc(g.label)}</h3><dl class="answers">{items}</dl>')
         if g.of("extract", "evaluate"):
-            rows.append([f"<b>{esc(g.label)}</b>", *[_ext_cell(_first(g, "extract", k)) for k in ROLES],
-                         *[num(_fid(_first(g, "evaluate", k)), 3) for k in ROLES]])
+            rows.append([f"<b>{esc(g.label)}</b>", *[_ext_cell(ext[k]) for k in ROLES],
+                         *[num(fid[k], 3) for k in ROLES]])
     body = "".join(blocks)
     if rows:
         body += table(["model", "extracted: unedited", "mitigated", "random control", "FID: unedited", "mitigated",
