@@ -88,3 +88,24 @@ def test_max_targets_takes_a_class_balanced_seeded_sample_of_the_leak() -> None:
                                                   ds.labels))
     args.max_targets = None
     assert np.array_equal(choose_targets(args, leaked, plan, ds.labels), plan.planted_ids)
+
+
+def test_a_resumed_finished_repair_returns_the_recorded_exit_code(runs: dict[str, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partial repair exits 1; resuming it once it finished must say the same, not 0 (it used to)."""
+    from iarmem.mitigate import repair_run
+
+    def stop(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt  # stop right after the run folder is opened
+
+    out = tmp_path / "out"
+    argv = ["repair", str(runs["model"]), "mnist", "--leaked", str(runs["extract"]), "--images", "5",
+            "--out", str(out), "--resume"]
+    monkeypatch.setattr(repair_run, "resolve_features", stop)
+    assert main(argv) != 0  # interrupted (the CLI says so), with the run folder open
+    record_file = out / "run.json"
+    record = json.loads(record_file.read_text())
+    for status, code in (("quality", 1), ("units", 1), ("clean", 0), ("nothing to repair", 0)):
+        record |= {"status": "finished", "summary": {"status": status}}
+        record_file.write_text(json.dumps(record))
+        assert main(argv) == code, status  # finished: returns before the features are needed

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from iarmem.attack.pipeline import from_main
 from iarmem.attack.settings import AttackSettings, load_extractors
 from iarmem.commands.repair import leaked_ids
 from iarmem.data import open_dataset
@@ -44,7 +45,7 @@ from iarmem.mitigate.write import EDIT_FILE, edit_manifest, hash_files, write_ed
 from iarmem.models.loading import is_model_folder
 from iarmem.plans import model_plan, parse_ids, select_ids
 from iarmem.progress import log
-from iarmem.runs import fingerprint, require_finished, start_run
+from iarmem.runs import Run, fingerprint, require_finished, start_run
 
 REPAIR_FILE = "repair.json"
 GROUPS = ("planted", "ordinary")
@@ -129,13 +130,19 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
                 "n_per_class": args.n_per_class, "features": args.features, "unitmem": args.unitmem}
     inputs = {"model_file": source.model_file, "tokenizer_file": source.tokenizer_file,
               "leaked": str(Path(args.leaked) / "summary.json"), "data": args.data}
-    run_ = start_run(args.out, "repair", settings, inputs, seed=args.seed, overwrite=args.overwrite,
-                     resume=args.resume) if world.is_main else None
-    barrier(world)
     out = Path(args.out)
-    if run_ is not None and run_.done:
-        log(f"{out}: this repair already finished")
-        return 0
+
+    def open_run() -> dict[str, Any]:
+        return start_run(args.out, "repair", settings, inputs, seed=args.seed, overwrite=args.overwrite,
+                         resume=args.resume).record
+
+    run_ = Run(out, from_main(world, open_run))  # every rank learns whether the run already finished
+    barrier(world)
+    if run_.done:
+        status = (run_.record.get("summary") or {}).get("status")
+        if world.is_main:
+            log(f"{out}: this repair already finished ({status})")
+        return exit_code(status)
 
     cache = Path(args.features_cache) if args.features_cache else out / "features"
     features = resolve_features(args.features, ds, cache, min(iar.image_size, 64), args.seed, device=args.device,
@@ -213,7 +220,7 @@ def _unitmem(args: argparse.Namespace, out: Path, world: Any) -> Localization:
     return load_localization(cfg.out)
 
 
-def _finish(run_: Any, out: Path, record: dict[str, Any], units: list[int], source: Any, loc: Localization | None,
+def _finish(run_: Run, out: Path, record: dict[str, Any], units: list[int], source: Any, loc: Localization | None,
             ctx: RepairContext, world: Any) -> int:
     files = [REPAIR_FILE, "summary.json", JOURNAL_FILE]
     summary = _summary(record) | {"model": source.as_dict()}
@@ -237,7 +244,12 @@ def _finish(run_: Any, out: Path, record: dict[str, Any], units: list[int], sour
                                                      "units", "fraction", "fid_before", "fid_after")})
         log(summary["sentence"])
     barrier(world)
-    return 0 if record["status"] in ("clean", "nothing to repair") else 1
+    return exit_code(record["status"])
+
+
+def exit_code(status: str | None) -> int:
+    """0 when nothing is left to repair, 1 for a partial repair (recorded, and the same when resumed)."""
+    return 0 if status in ("clean", "nothing to repair") else 1
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
