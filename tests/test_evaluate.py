@@ -116,3 +116,28 @@ def test_evaluate_model_with_a_shared_reference(model_dir: Path, quick_cnn: Path
         evaluate_model(iar, None, features, 3, seed=0, classes=[3, 12], **kw)
     with pytest.raises(UserError, match=">= 2"):
         evaluate_model(iar, None, features, 1, seed=0, **kw)
+
+
+def test_the_repair_s_quality_noise_draws_other_sampling_seeds_against_the_same_reference(quick_cnn: Path) -> None:
+    """The noise floor a repair's quality guard is read against: the unedited model's FID under other sampling
+    seeds (the first is the measurement already made), the reference images fixed."""
+    from iarmem.attack.settings import AttackSettings
+    from iarmem.distributed import World
+    from iarmem.mitigate.repair import RepairContext, quality, quality_noise
+    from iarmem.mitigate.repair_run import fc1_scores
+
+    ds = bundled_mnist()
+    features = load_trained(quick_cnn)
+    torch.manual_seed(0)
+    iar = build("tiny-var")
+    ref = reference_features(ds, features, family="var", image_size=32, n_per_class=3, seed=0, show_progress=False)
+    ctx = RepairContext(iar, ds, None, np.array([0]), AttackSettings(seed=4), np.array([0]), np.zeros(0, np.int64),
+                        fc1_scores(iar), features, ref, 3, {}, World(), np.zeros(0, np.int64))
+    before = {"quality": quality(ctx)}
+    n = quality_noise(ctx, before, 3)
+    assert n["seeds"] == [4, 5, 6] and n["fid"][0] == before["quality"]["fid"]
+    assert n["fid"][1] == quality(ctx, seed=5)["fid"] and len(set(n["fid"])) == 3  # each seed its own draw
+    f = np.asarray(n["fid"])
+    assert n["median"] == pytest.approx(np.median(f))
+    assert n["relative_std"] == pytest.approx(f.std(ddof=1) / n["median"])
+    assert n["relative_std"] > 0

@@ -52,6 +52,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(runs: dict[str, Path],
     _fails([*base, "--leaked", str(runs["extract"]), "--alternatives", "random,magic"], capsys, out, "magic")
     _fails([*base, "--leaked", str(runs["extract"]), "--max-units", "0"], capsys, out, "--max-units")
     _fails([*base, "--leaked", str(runs["extract"]), "--max-targets", "0"], capsys, out, "--max-targets")
+    _fails([*base, "--leaked", str(runs["extract"]), "--quality-draws", "0"], capsys, out, "--quality-draws")
     other = ["repair", str(runs["other"]), "mnist", "--out", str(out), "--leaked", str(runs["extract"]),
              "--images", "5"]
     _fails(other, capsys, out, "attacked another model")

@@ -27,7 +27,8 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
               "alternatives": [_m(14, [1, 2, 3], 2.05) | {"name": "random", "setting": "14 random units of the same "
                                                           "layers (seed 0)", "cleaned": 0, "of": 3}],
               "membership_before": {"mean_loss": {"targets": 0.1, "ordinary": 1.0, "heldout": 2.0}},
-              "membership_after": {"mean_loss": {"targets": 1.9, "ordinary": 1.0, "heldout": 2.0}}}
+              "membership_after": {"mean_loss": {"targets": 1.9, "ordinary": 1.0, "heldout": 2.0}},
+              "quality_noise": {"seeds": [0, 1, 2], "fid": [2.0, 2.3, 1.9], "median": 2.0, "relative_std": 0.104}}
     summary = _summary(record) | {"model": {"spec": "runs/var", "family": "var"}}
     assert summary["extracted_after"] == 0 and abs(summary["relative_fid"] - 0.1) < 1e-9
     write_json(out / "repair.json", record)
@@ -39,3 +40,5 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     for row in ("unedited", "round 1", "round 2", "alternative: 14 random units of the same layers (seed 0)"):
         assert f'data-label="edit">{row}</td>' in html, row
     assert "+10.0 %" in html and "3 of 3" in html and "mean loss targets 1.9" in html
+    assert "under 3 sampling seeds" in html and "a relative std of 10.4 %" in html  # the guard's noise floor
+    assert summary["fid_noise_relative_std"] == 0.104

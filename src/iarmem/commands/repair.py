@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--unlearn-steps", type=int, default=20, help="fine-tuning steps of the unlearn baseline")
     g = p.add_argument_group("measurement")
     g.add_argument("--n-per-class", type=int, default=20, help="samples per class for FID (default 20)")
+    g.add_argument("--quality-draws", type=int, default=3,
+                   help="sampling seeds of the unedited model's FID, recorded as the noise an FID change must exceed "
+                        "(default 3; 1: skip)")
     g.add_argument("--features", default="trained", help="feature extractor for FID (see `iarmem evaluate`)")
     g.add_argument("--features-cache", help="folder of the trained feature CNN (default OUT/features)")
     g.add_argument("--trigger-steps", type=int, default=30, help="strong attack: Adam steps of the trigger search")
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         (args.prune_tries >= 0, f"--prune-tries must be >= 0, got {args.prune_tries}"),
         (args.n_per_class >= 2, f"--n-per-class must be >= 2 (FID needs a covariance), got {args.n_per_class}"),
         (args.unlearn_steps >= 1, f"--unlearn-steps must be >= 1, got {args.unlearn_steps}"),
+        (args.quality_draws >= 1, f"--quality-draws must be >= 1 (1: no noise estimate), got {args.quality_draws}"),
         (bool(args.paper_tops) and all(0 < p <= 100 for p in args.paper_tops),
          "--paper-tops takes percents in (0, 100]"),
         (bool(args.noise_levels) and all(s > 0 for s in args.noise_levels), "--noise-levels must be > 0"),

@@ -75,6 +75,7 @@ class RepairConfig:
     noise_levels: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     alternative_points: int = 3  # strong attacks one alternative may spend looking for the same leak
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    quality_draws: int = 3  # sampling seeds of the unedited model's FID: the noise a quality guard must exceed
     seed: int = 0
 
 
@@ -161,13 +162,26 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
     }
 
 
-def quality(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
+def quality(ctx: RepairContext, noise: float = 0.0, seed: int | None = None) -> dict[str, Any]:
     sampling = default_sampling(ctx.iar)
     if noise > 0:
         sampling = sampling.override(logit_noise=noise)
-    q = evaluate_model(ctx.iar, None, ctx.features, ctx.n_per_class, ctx.attack.seed, reference=ctx.reference,
-                       settings=sampling, batch_size=ctx.batch_size, show_progress=False)
+    q = evaluate_model(ctx.iar, None, ctx.features, ctx.n_per_class, ctx.attack.seed if seed is None else seed,
+                       reference=ctx.reference, settings=sampling, batch_size=ctx.batch_size, show_progress=False)
     return {k: q.get(k) for k in QUALITY_KEYS}
+
+
+def quality_noise(ctx: RepairContext, before: dict[str, Any], draws: int) -> dict[str, Any]:
+    """FID of the unedited model under ``draws`` sampling seeds, the reference images fixed as in every
+    measurement: how far FID moves with no edit at all. A quality guard inside that spread reads noise
+    (on the tiny models at 20 samples per class: a relative std of about 9 %, docs/RESULTS.md section 10)."""
+    seeds = [ctx.attack.seed + k for k in range(draws)]
+    fids = [float(before["quality"]["fid"])] + [float(quality(ctx, seed=s)["fid"]) for s in seeds[1:]]
+    f = np.asarray(fids)
+    med = float(np.median(f))
+    return {"seeds": seeds, "fid": fids, "median": med,
+            "relative_std": float(f.std(ddof=1) / med) if len(f) > 1 and med else 0.0,
+            "relative_range": float((f.max() - f.min()) / med) if med else 0.0}
 
 
 def measure(ctx: RepairContext, flat: np.ndarray | None = None, *, edit: str = "exact", factor: float = 0.0,

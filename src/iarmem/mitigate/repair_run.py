@@ -37,6 +37,7 @@ from iarmem.mitigate.repair import (
     config_dict,
     measure,
     membership,
+    quality_noise,
     run_repair,
 )
 from iarmem.mitigate.select import Scores, Selection
@@ -124,7 +125,8 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
         check_architecture(unitmem, iar, args.model)
     cfg = RepairConfig(args.max_quality_loss, args.max_units, args.max_rounds, args.prune_tries, alternatives=alts,
                        paper_tops=tuple(args.paper_tops), noise_levels=tuple(args.noise_levels),
-                       unlearn=UnlearnConfig(steps=args.unlearn_steps), seed=args.seed)
+                       unlearn=UnlearnConfig(steps=args.unlearn_steps), quality_draws=args.quality_draws,
+                       seed=args.seed)
     settings = {"model": args.model, "data": ds.describe(), "leaked": str(Path(args.leaked).resolve()),
                 "targets": [int(i) for i in targets], "config": config_dict(cfg), "attack": attack.as_dict(),
                 "n_per_class": args.n_per_class, "features": args.features, "unitmem": args.unitmem}
@@ -163,12 +165,19 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     with torch.no_grad():
         before = journal.step("before", lambda: measure(ctx))
         mia_before = journal.step("membership-before", lambda: membership(ctx))
+        noise = (journal.step("quality-noise", lambda: quality_noise(ctx, before, cfg.quality_draws))
+                 if cfg.quality_draws > 1 else None)
     work = before["leak"]["extracted"]
     log(f"before: the strong attack extracts {len(work)} of {len(targets)} targets; FID {before['quality']['fid']:.3g}")
+    if noise is not None and noise["relative_std"] > cfg.max_quality_loss / 2:
+        log(f"note: the unedited model's FID moves {100 * noise['relative_std']:.1f} % (relative std over "
+            f"{len(noise['fid'])} sampling seeds) with no edit; a --max-quality-loss of "
+            f"{100 * cfg.max_quality_loss:g} % is within that noise: raise --n-per-class")
     record: dict[str, Any] = {"format": "iarmem.repair", "version": 1, "targets": [int(i) for i in targets],
                               "extracted_before": work,
                               "not_extracted_before": [int(i) for i in targets if int(i) not in work],
-                              "before": before, "membership_before": mia_before, "config": config_dict(cfg)}
+                              "before": before, "membership_before": mia_before, "quality_noise": noise,
+                              "config": config_dict(cfg)}
     if not work:
         record |= {"status": "nothing to repair", "message": "the strong attack extracts none of the targets"}
         return _finish(run_, out, record, [], source, None, ctx, world)
@@ -261,6 +270,7 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         "extracted_before": len(work), "extracted_after": len(after), "still_extracted": after,
         "units": final["units"] if final else 0, "fraction": final["fraction"] if final else 0.0,
         "fid_before": before["quality"]["fid"], "fid_after": final["quality"]["fid"] if final else None,
+        "fid_noise_relative_std": (record.get("quality_noise") or {}).get("relative_std"),
         "class_accuracy_before": before["quality"].get("class_accuracy"),
         "class_accuracy_after": final["quality"].get("class_accuracy") if final else None,
         "alternatives": [{k: a.get(k) for k in ("name", "setting", "units", "cleaned", "of", "same_leak")}

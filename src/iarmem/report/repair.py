@@ -37,6 +37,16 @@ def _membership(r: dict[str, Any]) -> str:
     return "Membership (teacher-forced loss): " + "; ".join(parts) + "." if parts else ""
 
 
+def _noise(r: dict[str, Any]) -> str:
+    n = as_dict(r.get("quality_noise"))
+    fids = n.get("fid") or []
+    if len(fids) < 2:
+        return ""
+    return (f"FID of the unedited model under {len(fids)} sampling seeds (same reference images): "
+            f"{', '.join(num(f) for f in fids)}, a relative std of {100 * n.get('relative_std', 0.0):.1f} %: an FID "
+            "change within that moves with the seed alone.")
+
+
 def repair_section(groups: list[ModelGroup]) -> str:
     parts = []
     for g in groups:
@@ -57,9 +67,9 @@ def repair_section(groups: list[ModelGroup]) -> str:
                      for a in r.get("alternatives", [])]
             body = (f"<h3>{esc(g.label)} &middot; {run_label(run)}</h3><p>{esc(s.get('sentence', ''))}</p>"
                     + table(HEADERS, rows, numeric=[False] + [True] * (len(HEADERS) - 1), stack=True))
-            mem = _membership(r)
-            if mem:
-                body += note(esc(mem))
+            for extra in (_membership(r), _noise(r)):
+                if extra:
+                    body += note(esc(extra))
             parts.append(body)
     if not parts:
         return missing("repair", "`iarmem repair MODEL DATA --leaked EXTRACT_RUN --out DIR` removes leaked images")
