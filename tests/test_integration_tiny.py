@@ -11,9 +11,13 @@ not exact numbers: the seed is fixed but float summation order may differ across
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from iarmem.cli import main
 
@@ -52,23 +56,30 @@ def test_the_attack_finds_planted_images_and_no_held_out_ones(trained: Path) -> 
     assert g["heldout"]["generated"] == 20 and g["heldout"]["extracted"] <= 2
 
 
+def _repair_argv(trained: Path) -> tuple[list[str], list[int]]:
+    """A repair of two planted images the strong attack extracts (the strong attack run once per module)."""
+    model, leaked = trained / "model", trained / "strong"
+    if not (leaked / "summary.json").is_file():
+        assert main(["extract", str(model), "mnist", "--top", "2", "--strength", "strong", "--trigger-steps", "5",
+                     "--no-membership", "--out", str(leaked)]) == 0
+    s = json.loads((leaked / "summary.json").read_text())
+    plan = set(json.loads((model / "manifest.json").read_text())["planted"]["ids"])
+    ids = [i for i in s["strong"]["extracted_ids"] if i in plan][:2]
+    assert len(ids) == 2
+    return ["repair", str(model), "mnist", "--leaked", str(leaked), "--images", ",".join(map(str, ids)),
+            "--alternatives", "random", "--max-quality-loss", "10", "--max-units", "20", "--trigger-steps", "5",
+            "--n-per-class", "5", "--prune-tries", "4"], ids
+
+
 @pytest.mark.slow
 def test_repair_records_what_the_strong_attack_finds_on_the_model_it_writes(trained: Path) -> None:
     """The whole repair on two planted images the strong attack extracts (slow: several strong attacks). Whether
     unit removal can stop them is measured in docs/RESULTS.md; here: the record is honest. The status matches
     the final leak, the random alternative edits as many units, the written model is the kept edit, and a
     finished repair is not redone."""
-    model, leaked = trained / "model", trained / "strong"
-    assert main(["extract", str(model), "mnist", "--top", "2", "--strength", "strong", "--trigger-steps", "5",
-                 "--no-membership", "--out", str(leaked)]) == 0
-    s = json.loads((leaked / "summary.json").read_text())
-    plan = set(json.loads((model / "manifest.json").read_text())["planted"]["ids"])
-    ids = [i for i in s["strong"]["extracted_ids"] if i in plan][:2]
-    assert len(ids) == 2
+    base, ids = _repair_argv(trained)
     out = trained / "repair"
-    argv = ["repair", str(model), "mnist", "--leaked", str(leaked), "--images", ",".join(map(str, ids)),
-            "--alternatives", "random", "--max-quality-loss", "10", "--max-units", "20", "--trigger-steps", "5",
-            "--n-per-class", "5", "--prune-tries", "4", "--out", str(out)]
+    argv = [*base, "--out", str(out)]
     rc = main(argv)
     r = json.loads((out / "repair.json").read_text())
     assert sorted(r["extracted_before"]) == sorted(ids)
@@ -79,3 +90,29 @@ def test_repair_records_what_the_strong_attack_finds_on_the_model_it_writes(trai
         edit = json.loads((out / "edit.json").read_text())
         assert edit["counts"]["total"] == final["units"] and (out / "model.safetensors").is_file()
     assert main([*argv, "--resume"]) == rc  # finished: nothing is redone, the same exit code
+
+
+@pytest.mark.slow
+def test_repair_under_torchrun_decides_what_one_process_decides(trained: Path) -> None:
+    """Two torchrun CPU processes (the strong attacks and trigger searches sharded) reach the same leak, rounds,
+    units and exit code as one process."""
+    base, _ = _repair_argv(trained)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = main([*base, "--out", str(trained / "repair-one")])
+    finally:
+        torch.set_num_threads(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "iarmem",
+           *base, "--out", str(trained / "repair-two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == rc, proc.stderr[-3000:]
+    one, two = (json.loads((trained / d / "repair.json").read_text()) for d in ("repair-one", "repair-two"))
+
+    def decided(r: dict) -> list:
+        steps = [r["before"], *r["rounds"], *r["alternatives"]]
+        return [(m["units"], m["leak"]["extracted"], m["leak"]["heldout_false_positives"]) for m in steps]
+
+    assert one["status"] == two["status"] and decided(one) == decided(two)
+    assert [m.get("order") for m in one["rounds"]] == [m.get("order") for m in two["rounds"]]
