@@ -100,3 +100,29 @@ def test_unlearning_moves_only_the_units_and_stops_the_copy(ctx: RepairContext) 
         restore(iar0, saved)
     for k, p in iar.model.named_parameters():
         assert torch.equal(p.detach(), before[k]), k
+
+
+def test_a_target_an_edit_brings_out_is_named_not_grown_and_the_repair_is_not_clean(ctx: RepairContext,
+                                                                                    tmp_path) -> None:
+    """A target the strong attack missed before can come out after a removal (removing units can undo another
+    removal): it has no ranking to grow by (this crashed a repair with KeyError), and an edit that trades one
+    leak for another is neither clean nor kept."""
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+
+    def m(extracted: list[int], fid: float = 1.0) -> dict:
+        return {"units": 1, "order": [5], "quality": {"fid": fid},
+                "leak": {"extracted": extracted, "probes": [], "default_extracted": extracted}}
+
+    before = m([1]) | {"units": 0}
+    before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
+    (tmp_path / "steps.json").write_text(json.dumps({"round1": m([2])}))  # target 1 stopped, target 2 brought out
+
+    def no_ranking(i: int):
+        raise KeyError(i)  # what the localization says of an image it never ranked
+
+    outcome, record = run_repair(ctx, RepairConfig(max_quality_loss=1.0), Journal(tmp_path / "steps.json", World()),
+                                 {1: [5]}, no_ranking, before)
+    assert outcome.status == "revealed" and "brings out 2" in outcome.message
+    assert outcome.units == [] and outcome.final is None and record["grown"] == []

@@ -262,7 +262,7 @@ def prune(ctx: RepairContext, order: list[int], probes: list[Probe], margin: flo
 # ---- the loop ------------------------------------------------------------------------------------------
 @dataclass
 class Outcome:
-    status: str  # "clean", "quality", "units", "rounds", "nothing to repair"
+    status: str  # "clean", "quality", "units", "rounds", "revealed", "nothing to repair"
     units: list[int]  # the edit kept (flat), best-first order
     final: dict[str, Any] | None  # its measurement
     message: str
@@ -299,17 +299,26 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
         m = journal.step(f"round{r}", lambda o=order: measure(ctx, np.asarray(o)) | {"order": list(o)})
         order = list(m["order"])
         rounds.append(m)
-        survivors = m["leak"]["extracted"]
+        survivors = [i for i in m["leak"]["extracted"] if i in work]
+        # targets the strong attack missed before and this edit brings out: a removal can undo another's
+        # (section 9); they have no ranking to grow by, so the repair names them and does not call itself clean
+        revealed = [i for i in m["leak"]["extracted"] if i not in work]
         if ctx.world.is_main:
-            log(f"repair round {r}: {len(order)} units, {len(survivors)} of {len(work)} targets still extracted, FID "
-                f"{m['quality']['fid']:.3g} (before {q0['fid']:.3g})")
+            log(f"repair round {r}: {len(order)} units, {len(survivors)} of {len(work)} targets still extracted"
+                + (f" and {len(revealed)} brought out" if revealed else "")
+                + f", FID {m['quality']['fid']:.3g} (before {q0['fid']:.3g})")
         if not within_quality(m["quality"], q0, cfg):
             status = "quality"
             message = (f"round {r} costs {100 * relative_fid(m['quality'], q0):.1f} % FID, over --max-quality-loss "
                        f"{100 * cfg.max_quality_loss:g} %: refused")
             break
-        if not survivors:
+        if not survivors and not revealed:
             status, message = "clean", f"every target stopped after round {r}"
+            break
+        if not survivors:
+            status = "revealed"
+            message = (f"round {r} stops every target but brings out {', '.join(map(str, revealed))}, which the "
+                       f"strong attack did not extract before")
             break
         if r == cfg.max_rounds:
             break
@@ -341,7 +350,8 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
     record: dict[str, Any] = {"rounds": rounds, "grown": grown, "budget_units": budget, "over_budget": unreachable}
     within = [m for m in rounds if within_quality(m["quality"], q0, cfg) and len(m["leak"]["extracted"]) < len(work)]
     if not within:  # an edit that stops no target is not worth its cost: nothing is kept
-        return Outcome(status, [], None, message + "; no edit within the budgets stops any target"), record
+        return Outcome(status, [], None, message + "; no edit within the budgets lowers the number of targets "
+                       "extracted"), record
     best = min(within, key=lambda m: (len(m["leak"]["extracted"]), m["units"]))
     units = list(best["order"])
     if status == "clean":
