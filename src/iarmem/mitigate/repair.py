@@ -180,8 +180,7 @@ def quality_noise(ctx: RepairContext, before: dict[str, Any], draws: int) -> dic
     f = np.asarray(fids)
     med = float(np.median(f))
     return {"seeds": seeds, "fid": fids, "median": med,
-            "relative_std": float(f.std(ddof=1) / med) if len(f) > 1 and med else 0.0,
-            "relative_range": float((f.max() - f.min()) / med) if med else 0.0}
+            "relative_std": float(f.std(ddof=1) / med) if len(f) > 1 and med else 0.0}
 
 
 def measure(ctx: RepairContext, flat: np.ndarray | None = None, *, edit: str = "exact", factor: float = 0.0,
