@@ -86,6 +86,10 @@ def test_repair_records_what_the_strong_attack_finds_on_the_model_it_writes(trai
     final = r["final"]
     assert rc == (0 if final is not None and not final["leak"]["extracted"] else 1)
     assert r["alternatives"] and r["alternatives"][0]["units"] == r["rounds"][-1]["units"] or final is not None
+    loss0 = r["before"]["membership"]["mean_loss"]
+    assert loss0["targets"] < loss0["heldout"] - 0.5  # memorized targets: the membership signal before
+    for m in r["rounds"]:  # measured under each round's edit: removing the targets' units raises their loss
+        assert m["membership"]["mean_loss"]["targets"] > loss0["targets"] + 0.01, (m["membership"], loss0)
     if final is not None:  # the written model is the kept edit
         edit = json.loads((out / "edit.json").read_text())
         assert edit["counts"]["total"] == final["units"] and (out / "model.safetensors").is_file()

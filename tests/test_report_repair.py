@@ -12,22 +12,22 @@ from iarmem.report import build_report
 from iarmem.runs import start_run
 
 
-def _m(units: int, extracted: list[int], fid: float) -> dict[str, Any]:
+def _m(units: int, extracted: list[int], fid: float, target_loss: float = 0.1) -> dict[str, Any]:
     return {"units": units, "fraction": units / 2048, "quality": {"fid": fid, "class_accuracy": 0.9},
             "leak": {"extracted": extracted, "default_extracted": extracted[:1], "others": [7],
-                     "heldout_false_positives": 0}}
+                     "heldout_false_positives": 0},
+            "membership": {"mean_loss": {"targets": target_loss, "ordinary": 1.0, "heldout": 2.0}}}
 
 
 def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Path) -> None:
     out = tmp_path / "repair"
     run = start_run(out, "repair", {"model": "runs/var"}, {})
     record = {"targets": [1, 2, 3], "extracted_before": [1, 2, 3], "status": "clean", "message": "every target "
-              "stopped after round 2", "before": _m(0, [1, 2, 3], 2.0), "rounds": [_m(10, [3], 2.1), _m(14, [], 2.2)],
-              "final": _m(14, [], 2.2),
+              "stopped after round 2", "before": _m(0, [1, 2, 3], 2.0),
+              "rounds": [_m(10, [3], 2.1), _m(14, [], 2.2, 1.9)],
+              "final": _m(14, [], 2.2, 1.9),
               "alternatives": [_m(14, [1, 2, 3], 2.05) | {"name": "random", "setting": "14 random units of the same "
                                                           "layers (seed 0)", "cleaned": 0, "of": 3}],
-              "membership_before": {"mean_loss": {"targets": 0.1, "ordinary": 1.0, "heldout": 2.0}},
-              "membership_after": {"mean_loss": {"targets": 1.9, "ordinary": 1.0, "heldout": 2.0}},
               "quality_noise": {"seeds": [0, 1, 2], "fid": [2.0, 2.3, 1.9], "median": 2.0, "relative_std": 0.104}}
     summary = _summary(record) | {"model": {"spec": "runs/var", "family": "var"}}
     assert summary["extracted_after"] == 0 and abs(summary["relative_fid"] - 0.1) < 1e-9
@@ -39,6 +39,6 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     assert "3 of 3 extracted targets stopped under every strong-attack try, removing 14 fc1 units (0.68 %)" in html
     for row in ("unedited", "round 1", "round 2", "alternative: 14 random units of the same layers (seed 0)"):
         assert f'data-label="edit">{row}</td>' in html, row
-    assert "+10.0 %" in html and "3 of 3" in html and "mean loss targets 1.9" in html
+    assert "+10.0 %" in html and "3 of 3" in html and "1.9 / 1 / 2" in html and "0.1 / 1 / 2" in html
     assert "under 3 sampling seeds" in html and "a relative std of 10.4 %" in html  # the guard's noise floor
     assert summary["fid_noise_relative_std"] == 0.104

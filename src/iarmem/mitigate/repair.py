@@ -191,8 +191,10 @@ def measure(ctx: RepairContext, flat: np.ndarray | None = None, *, edit: str = "
     with temporary_edit(ctx.iar, units, edit, factor):
         leak = strong_leak(ctx, noise)
         q = quality(ctx, noise)
+        # logit noise acts on sampling, not on the weights the teacher-forced loss reads: no membership there
+        mia = membership(ctx) if noise == 0.0 else None
     n = 0 if flat is None else len(flat)
-    return {"units": n, "fraction": n / len(ctx.scores.flat), "leak": leak, "quality": q,
+    return {"units": n, "fraction": n / len(ctx.scores.flat), "leak": leak, "quality": q, "membership": mia,
             "seconds": round(time.monotonic() - t0, 2)}
 
 

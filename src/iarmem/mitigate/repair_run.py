@@ -25,7 +25,7 @@ from iarmem.fileio import write_json
 from iarmem.localize.refine_run import gradient_rerank
 from iarmem.localize.run import LocalizeConfig, localize, prepare
 from iarmem.metrics.quality import reference_features
-from iarmem.mitigate.edit import apply_edit, temporary_edit
+from iarmem.mitigate.edit import apply_edit
 from iarmem.mitigate.forget import image_ranking
 from iarmem.mitigate.localization import Localization, check_architecture, load_localization
 from iarmem.mitigate.repair import (
@@ -36,7 +36,6 @@ from iarmem.mitigate.repair import (
     alternatives,
     config_dict,
     measure,
-    membership,
     quality_noise,
     run_repair,
 )
@@ -164,7 +163,6 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
 
     with torch.no_grad():
         before = journal.step("before", lambda: measure(ctx))
-        mia_before = journal.step("membership-before", lambda: membership(ctx))
         noise = (journal.step("quality-noise", lambda: quality_noise(ctx, before, cfg.quality_draws))
                  if cfg.quality_draws > 1 else None)
     work = before["leak"]["extracted"]
@@ -176,7 +174,7 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     record: dict[str, Any] = {"format": "iarmem.repair", "version": 1, "targets": [int(i) for i in targets],
                               "extracted_before": work,
                               "not_extracted_before": [int(i) for i in targets if int(i) not in work],
-                              "before": before, "membership_before": mia_before, "quality_noise": noise,
+                              "before": before, "quality_noise": noise,
                               "config": config_dict(cfg)}
     if not work:
         record |= {"status": "nothing to repair", "message": "the strong attack extracts none of the targets"}
@@ -202,9 +200,6 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     with torch.no_grad():
         record["alternatives"] = (alternatives(ctx, cfg, journal, compared, before, unitmem)
                                   if compared is not None and compared["units"] else [])
-        if outcome.units:
-            with temporary_edit(iar, ctx.units(np.asarray(outcome.units)), "exact", 0.0):
-                record["membership_after"] = journal.step("membership-after", lambda: membership(ctx))
     record["final"] = outcome.final
     return _finish(run_, out, record, outcome.units, source, loc, ctx, world)
 

@@ -10,7 +10,7 @@ from iarmem.report.fmt import DASH, as_dict, missing, num, run_label
 from iarmem.report.html import esc, note, table
 
 HEADERS = ["edit", "units (% of fc1)", "targets extracted (strong)", "default attack", "other training images",
-           "held-out false pos.", "FID", "FID change", "class acc."]
+           "held-out false pos.", "mean loss: targets / ordinary / held-out", "FID", "FID change", "class acc."]
 
 
 def _row(name: str, m: dict[str, Any], n: int, fid0: float | None) -> list[str]:
@@ -21,20 +21,16 @@ def _row(name: str, m: dict[str, Any], n: int, fid0: float | None) -> list[str]:
     frac = m.get("fraction")
     return [name, f"{num(units)} ({100 * frac:.2f} %)" if isinstance(frac, (int, float)) else num(units),
             f"{len(leak.get('extracted', []))} of {n}", f"{len(leak.get('default_extracted', []))} of {n}",
-            num(len(leak.get("others", []))), num(leak.get("heldout_false_positives")), num(fid), change,
-            num(q.get("class_accuracy"))]
+            num(len(leak.get("others", []))), num(leak.get("heldout_false_positives")), _losses(m), num(fid),
+            change, num(q.get("class_accuracy"))]
 
 
-def _membership(r: dict[str, Any]) -> str:
-    parts = []
-    for when in ("before", "after"):
-        m = as_dict(r.get(f"membership_{when}"))
-        loss = as_dict(m.get("mean_loss"))
-        auc = as_dict(as_dict(as_dict(m.get("auc")).get("mia_loss")).get("planted")).get("auc")
-        if loss:
-            parts.append(f"{when}: mean loss targets {num(loss.get('targets'))}, ordinary {num(loss.get('ordinary'))}, "
-                         f"held-out {num(loss.get('heldout'))}; loss-MIA AUC planted vs held-out {num(auc)}")
-    return "Membership (teacher-forced loss): " + "; ".join(parts) + "." if parts else ""
+def _losses(m: dict[str, Any]) -> str:
+    """Mean teacher-forced loss per group under the edit: the membership signal an edit leaves behind."""
+    loss = as_dict(as_dict(m.get("membership")).get("mean_loss"))
+    if not loss:
+        return DASH
+    return " / ".join(num(loss.get(g)) for g in ("targets", "ordinary", "heldout"))
 
 
 def _noise(r: dict[str, Any]) -> str:
@@ -67,9 +63,8 @@ def repair_section(groups: list[ModelGroup]) -> str:
                      for a in r.get("alternatives", [])]
             body = (f"<h3>{esc(g.label)} &middot; {run_label(run)}</h3><p>{esc(s.get('sentence', ''))}</p>"
                     + table(HEADERS, rows, numeric=[False] + [True] * (len(HEADERS) - 1), stack=True))
-            for extra in (_membership(r), _noise(r)):
-                if extra:
-                    body += note(esc(extra))
+            if extra := _noise(r):
+                body += note(esc(extra))
             parts.append(body)
     if not parts:
         return missing("repair", "`iarmem repair MODEL DATA --leaked EXTRACT_RUN --out DIR` removes leaked images")
@@ -77,4 +72,7 @@ def repair_section(groups: list[ModelGroup]) -> str:
         "Every row is attacked with the strong attack (every prefix, greedy / guided / sampled decoding and a "
         "trigger search) on the repair's targets and the held-out controls. Rounds remove the union of the targets' "
         "attack-checked units exactly (x0); alternatives are measured at the repair's leak: as many random units, "
-        "the paper's top p % x 0.5, logit noise, and fine-tuning the same units.")
+        "the paper's top p % x 0.5, logit noise, and fine-tuning the same units. The mean teacher-forced loss of the "
+        "targets, of ordinary training images and of the held-out images says what an edit leaves for membership "
+        "inference: a target whose loss stays under the held-out images' is still recognisable as a member "
+        "(none under logit noise, which leaves the weights as they are).")
