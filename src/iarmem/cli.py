@@ -1,7 +1,9 @@
 """The `iarmem` command: one sub-command per stage, each defined in its own module.
 
 A module listed in COMMANDS provides ``add_arguments(parser)`` and ``run(args) -> int``. Every
-user error ends as one line on stderr and exit code 2 (a traceback only with --debug).
+user error ends as one line on stderr and exit code 2 (a traceback only with --debug). Only the
+module of the command being run is imported: the stages pull in torch, scipy and matplotlib, which
+take seconds, and `iarmem --help`, `--version` or a mistyped command should not wait for them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import Iterator
 
 from iarmem import __version__
 from iarmem.errors import UserError
-from iarmem.models import hub
 from iarmem.runs import recording_command
 
 # name -> (module, one-line help); order is the order of `iarmem --help`
@@ -48,13 +49,18 @@ class _Parser(argparse.ArgumentParser):
         return super()._get_values(action, arg_strings)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, with every command's options (``only=None``) or only those of command ``only``; the others
+    are listed with their help line and no options (``subs`` holds the full ones)."""
     parser = _Parser(prog="iarmem", description="Localize, measure and mitigate memorization in image "
                      "autoregressive models (VAR, RAR, LlamaGen).")
     parser.add_argument("--version", action="version", version=f"iarmem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subs = {}
     for name, (module, help_) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_)
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -81,13 +87,24 @@ def _one_line_warnings() -> Iterator[None]:
         warnings.formatwarning = saved
 
 
+def _command_named(argv: list[str]) -> str | None:
+    """The sub-command ``argv`` asks for: its first word that is not an option (the top level's options take no
+    value), if it is one of COMMANDS."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = build_parser()
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    name = _command_named(argv)
+    parser, _ = build_parser(only=name or "")
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    command = ["iarmem", *(sys.argv[1:] if argv is None else argv)]
+    from iarmem.models import hub  # torch: after parsing, so that a bad command line answers at once
+
+    command = ["iarmem", *argv]
     try:
         with _one_line_warnings(), recording_command(command):
             if hasattr(args, "download"):  # commands that take a preset: hf:// paths and --download to local files

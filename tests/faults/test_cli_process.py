@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
-from .helpers import Inputs, Result, assert_one_line_error, run_cli, run_subprocess
+from .helpers import Inputs, Result, assert_one_line_error, child_env, run_cli, run_subprocess
 from .test_inputs import extract, localize, mitigate, train_iar
 
 
@@ -102,3 +103,27 @@ def test_demo_stops_at_a_stage_that_refuses_its_folder(tmp_path: Path, capsys: p
     assert len(errors) == 1 and "not empty and holds no iarmem run" in errors[0], res.err
     assert res.err_lines[-1].startswith("demo stopped at stage tokenizer")
     assert sorted(p.name for p in stage.iterdir()) == ["precious.txt"]
+
+
+LOADED = """
+import sys
+from iarmem.cli import main
+try:
+    code = main({argv!r})
+except SystemExit as e:  # --help
+    code = e.code
+print("loaded", code, *sorted(m for m in sys.modules if m == "torch" or m.startswith("iarmem.commands.")))
+"""
+
+
+@pytest.mark.parametrize(("argv", "code", "loaded"), [
+    (["--help"], 0, []), (["frobnicate"], 2, []), ([], 2, []), (["--version"], 0, []),
+    (["report", "--help"], 0, ["iarmem.commands.report"]),
+    (["train", "--steps", "x"], 2, ["iarmem.commands.train", "torch"]),
+], ids=["help", "unknown-command", "no-command", "version", "report-help", "train-bad-option"])
+def test_only_the_command_being_run_is_imported(argv: list[str], code: int, loaded: list[str]) -> None:
+    """A mistyped command line answers without importing torch (seconds) or the other commands' stages."""
+    proc = subprocess.run([sys.executable, "-c", LOADED.format(argv=argv)], capture_output=True, text=True,
+                          timeout=120, env=child_env())
+    last = proc.stdout.strip().splitlines()[-1].split()
+    assert last == ["loaded", str(code), *loaded], proc.stdout[-500:] + proc.stderr

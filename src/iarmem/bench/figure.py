@@ -12,12 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from iarmem.fileio import atomic_path  # noqa: E402
+from iarmem.fileio import atomic_path
+from iarmem.plotting import pyplot
 
 
 def bench_figure(summary: dict[str, Any], path: str | os.PathLike) -> None:
@@ -25,6 +21,7 @@ def bench_figure(summary: dict[str, Any], path: str | os.PathLike) -> None:
                                   ("dup", _dup)) if summary.get(k)]
     if not panels:
         return
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (key, draw) in zip(axes[0], panels):
         draw(ax, summary[key])

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
 from iarmem.bench.score import bootstrap_interval
 from iarmem.fileio import write_json
@@ -65,6 +64,8 @@ def run_paper(ctx: SweepContext, tops: tuple[float, ...], draws: int, out: Path,
 
 
 def _wilson(k: int, n: int) -> list[float]:
+    from scipy.stats import binomtest  # on first use: importing scipy.stats takes ~1.5 s
+
     ci = binomtest(k, n).proportion_ci(method="wilson")
     return [float(ci.low), float(ci.high)]
 

@@ -12,15 +12,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
+import numpy as np
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from iarmem.data import to_pil  # noqa: E402
-from iarmem.fileio import atomic_path  # noqa: E402
+from iarmem.data import to_pil
+from iarmem.fileio import atomic_path
+from iarmem.plotting import pyplot
 
 MAX_LINES = 8
 
@@ -28,7 +25,7 @@ MAX_LINES = 8
 def _save(fig: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def _by_kind(layers: Sequence[dict], per_layer_bin: np.ndarray) -> dict[str, tuple[list[int], np.ndarray]]:
@@ -44,6 +41,7 @@ def heatmap(summary: dict[str, Any], path: str | os.PathLike) -> None:
     plb = np.asarray(summary["per_layer_bin"], dtype=np.float64)
     labels = summary["bins"]["labels"]
     panels = _by_kind(summary["layers"], plb)
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 0.55 * len(labels) * len(panels) + 1.5,
                                                       1.5 + 0.35 * max(len(b) for b, _ in panels.values())),
                              squeeze=False)
@@ -78,6 +76,7 @@ def block_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
     plb = np.asarray(summary["per_layer_bin"], dtype=np.float64)
     labels = summary["bins"]["labels"]
     panels = _by_kind(summary["layers"], plb)
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
     groups = _bin_groups(len(labels))
     colors = plt.cm.viridis(np.linspace(0, 0.95, len(groups)))
@@ -102,6 +101,7 @@ def image_grid(images01_B3HW: Tensor, captions: Sequence[str], path: str | os.Pa
         return
     ncol = min(ncol, n)
     nrow = -(-n // ncol)
+    plt = pyplot()
     fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, 1.9 * nrow), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")

@@ -32,6 +32,7 @@ from iarmem.mitigate.edit import EDITS, temporary_edit
 from iarmem.mitigate.localization import Localization
 from iarmem.mitigate.select import check_percent, select_units
 from iarmem.models.base import IAR
+from iarmem.plotting import pyplot
 from iarmem.progress import log
 
 POINTS_FILE = "points.json"
@@ -225,10 +226,7 @@ def label_rows(rows: list[dict[str, Any]], near: float = 0.03) -> list[int]:
 
 
 def pareto_plot(rows: list[dict[str, Any]], path: Path, feature_name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     style = {"none": ("o", "C3", "top units"), "random": ("x", "C0", "random units (control)"),
              "lowest": ("^", "C2", "lowest-UnitMem units (control)")}

@@ -5,16 +5,15 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+from iarmem.plotting import pyplot
+
 RATE_COLORS = {"planted": "#c0392b", "ordinary": "#7f8c8d", "heldout": "#2e86c1"}
 
 
 def extraction_bars(labels: Sequence[str], extracted: Sequence[int], candidates: Sequence[int],
                     rates: Sequence[dict[str, float | None]]) -> bytes:
     """Extracted images per model variant (left) and the per-group extraction rates (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(labels)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.2, 0.9 + 0.42 * n + 0.6), dpi=110,
