@@ -17,7 +17,18 @@ from iarmem.models import IAR, Tokens, build
 
 
 def briefly_trained(preset: str, steps: int = 25, seed: int = 0) -> IAR:
-    """``preset`` after ``steps`` AdamW steps (lr 3e-3) on random tokens and labels; eval mode, on the CPU."""
+    """``preset`` after ``steps`` AdamW steps (lr 3e-3) on random tokens and labels; eval mode, on the CPU. Trained
+    once per session and arguments (a dozen modules ask for the same ones); every call returns a fresh copy that
+    the caller may edit."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        iar = build(preset)
+    iar.model.load_state_dict(_trained_state(preset, steps, seed))
+    return iar.eval()
+
+
+@functools.cache
+def _trained_state(preset: str, steps: int, seed: int) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         iar = build(preset)
@@ -32,11 +43,10 @@ def briefly_trained(preset: str, steps: int = 25, seed: int = 0) -> IAR:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    iar.eval()
     for name, p in iar.model.named_parameters():
         if name.endswith(".bias") and p.requires_grad and p.grad is not None:
             assert p.detach().abs().max() > 0, f"{preset}: {name} is still zero after training"
-    return iar
+    return {k: v.detach().clone() for k, v in iar.model.state_dict().items()}
 
 
 class Injected(NamedTuple):
