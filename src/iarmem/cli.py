@@ -50,8 +50,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The parser, with every command's options (``only=None``) or only those of command ``only``; the others
-    are listed with their help line and no options (``subs`` holds the full ones)."""
+    """The parser with every command's options (``only=None``), or with only those of command ``only`` (any other
+    string: none): the others are listed by name and help line, their modules not imported. ``subs`` holds the
+    commands whose options were added."""
     parser = _Parser(prog="iarmem", description="Localize, measure and mitigate memorization in image "
                      "autoregressive models (VAR, RAR, LlamaGen).")
     parser.add_argument("--version", action="version", version=f"iarmem {__version__}")
