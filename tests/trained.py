@@ -20,18 +20,14 @@ def briefly_trained(preset: str, steps: int = 25, seed: int = 0) -> IAR:
     """``preset`` after ``steps`` AdamW steps (lr 3e-3) on random tokens and labels; eval mode, on the CPU. Trained
     once per session and arguments (a dozen modules ask for the same ones); every call returns a fresh copy that
     the caller may edit."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        iar = build(preset)
+    iar = _built(preset, seed)
     iar.model.load_state_dict(_trained_state(preset, steps, seed))
     return iar.eval()
 
 
 @functools.cache
 def _trained_state(preset: str, steps: int, seed: int) -> dict[str, torch.Tensor]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        iar = build(preset)
+    iar = _built(preset, seed)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, iar.vocab_size, (8, iar.seq_len), generator=gen)
     labels = torch.randint(0, iar.num_classes, (8,), generator=gen)
@@ -46,7 +42,15 @@ def _trained_state(preset: str, steps: int, seed: int) -> dict[str, torch.Tensor
     for name, p in iar.model.named_parameters():
         if name.endswith(".bias") and p.requires_grad and p.grad is not None:
             assert p.detach().abs().max() > 0, f"{preset}: {name} is still zero after training"
-    return {k: v.detach().clone() for k, v in iar.model.state_dict().items()}
+    return iar.model.state_dict()  # this model is dropped: the tensors are the cache's alone
+
+
+def _built(preset: str, seed: int) -> IAR:
+    """``preset`` freshly initialised from ``seed``, the global RNG left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        iar = build(preset)
+    return iar
 
 
 class Injected(NamedTuple):
