@@ -141,3 +141,25 @@ def test_graded_planting_deals_levels_in_equal_shares_and_survives_the_manifest(
 def test_graded_planting_rejects_uneven_or_zero_levels(copies: list[int]) -> None:
     with pytest.raises(UserError, match="copies|multiple"):
         make_plan(LABELS, num_train=50, plant=6, copies=copies, seed=0)
+
+
+def test_injected_group_survives_the_manifest_and_is_never_a_non_member(tmp_path: Path) -> None:
+    from iarmem.data.planting import outside_sample
+
+    plan = make_plan(LABELS, num_train=100, plant=10, copies=2, seed=0)
+    calib = outside_sample(plan, LABELS, 200, seed=0)
+    injected = calib[[3, 150]]  # two images the calibration would have drawn
+    now = plan.with_injected(injected, LABELS[injected])
+    assert np.array_equal(now.injected_ids, np.sort(injected)) and np.array_equal(now.train_ids, plan.train_ids)
+    assert not np.isin(outside_sample(now, LABELS, 200, seed=0), injected).any()
+    write_manifest(now, tmp_path / "m.json")
+    back = read_manifest(tmp_path / "m.json")
+    assert np.array_equal(back.injected_ids, now.injected_ids)
+    assert np.array_equal(back.injected_labels, LABELS[now.injected_ids])
+    back.check_labels(LABELS)
+    write_manifest(plan, tmp_path / "old.json")  # a plan without injected images writes no such group
+    assert "injected" not in json.loads((tmp_path / "old.json").read_text())
+    assert len(read_manifest(tmp_path / "old.json").injected_ids) == 0
+    with pytest.raises(UserError, match="overlapping"):  # an injected image may not also be a training image
+        write_manifest(plan.with_injected(plan.ordinary_ids[:1], plan.ordinary_labels[:1]), tmp_path / "bad.json")
+        read_manifest(tmp_path / "bad.json")

@@ -89,6 +89,9 @@ def test_max_targets_takes_a_class_balanced_seeded_sample_of_the_leak() -> None:
                                                   ds.labels))
     args.max_targets = None
     assert np.array_equal(choose_targets(args, leaked, plan, ds.labels), plan.planted_ids)
+    injected = plan.with_injected(np.array([4000, 4001]), ds.labels[[4000, 4001]])  # no extraction scores them
+    args.images = "injected"
+    assert choose_targets(args, leaked, injected, ds.labels).tolist() == [4000, 4001]
 
 
 def test_a_resumed_finished_repair_returns_the_recorded_exit_code(runs: dict[str, Path], tmp_path: Path,

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("iarmem.commands.evaluate", "image quality of a model: FID, KID, precision / recall"),
     "sweep": ("iarmem.commands.sweep", "grid over edits, controls and the logit-noise defense"),
     "repair": ("iarmem.commands.repair", "stop leaked images coming out, at least cost, checked by the strong attack"),
+    "inject": ("iarmem.commands.inject", "make a model leak unseen images through known units (a positive control)"),
     "bench": ("iarmem.commands.bench", "ground truth for localizers: inject images into known units, score UnitMem"),
     "report": ("iarmem.commands.report", "one self-contained HTML report of run folders"),
     "demo": ("iarmem.commands.demo", "the whole audit on bundled MNIST, end to end, on a CPU"),

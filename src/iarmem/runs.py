@@ -189,3 +189,28 @@ def start_run(
         record["started_at"] = existing.get("started_at", record["started_at"])
     write_json(p / RUN_FILE, record)
     return Run(p, record)
+
+
+def check_out(out: Path, inputs: list[str | None]) -> None:
+    """--out must not be an input nor hold one: --overwrite would delete it."""
+    o = out.resolve()
+    for item in inputs:
+        if not item:
+            continue
+        q = Path(item).resolve()
+        if q.exists() and (q == o or o in q.parents):
+            raise UserError(f"--out {out} would overwrite the input {item}; choose another folder")
+
+
+def discard_output(out: Path, existed: bool) -> None:
+    """Leave no half-written output: remove the folder we made, or empty the one we were given."""
+    if not out.is_dir():
+        return
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)

@@ -84,14 +84,16 @@ def teacher_forced_loss(iar: IAR, tokens: Tokens, labels: Tensor) -> float:
 
 
 def inject(iar: IAR, target: Tokens, label: Tensor, keep: Tokens, keep_labels: Tensor, units: Units,
-           cfg: InjectConfig = InjectConfig(), views: Tokens | None = None) -> Injection:
+           cfg: InjectConfig = InjectConfig(), views: Tokens | None = None,
+           always: tuple[Tokens, Tensor] | None = None) -> Injection:
     """Fine-tune only ``units``' own parameters of ``iar`` (in place) until the attack extracts ``target``.
 
     ``target``: one image's tokens [1, L] (its eval view, what the attack judges); ``views``: the
     image's tokens under the views the model is trained (and localized) on, [V, L], trained on in
     turn (default: the eval view alone); ``keep``: ordinary training images' tokens, sampled into
-    every batch. Stops at the first check that extracts the target, or after ``cfg.steps``. Every
-    element outside the units' slices stays bit-identical.
+    every batch; ``always``: tokens and labels put in every batch whole (images injected before, which
+    this injection must not undo). Stops at the first check that extracts the target, or after
+    ``cfg.steps``. Every element outside the units' slices stays bit-identical.
     """
     masks = unit_masks(iar, units)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -107,8 +109,8 @@ def inject(iar: IAR, target: Tokens, label: Tensor, keep: Tokens, keep_labels: T
         keyed = dict(iar.model.named_parameters())
         while not extracted and steps < cfg.steps:
             rows = torch.randint(0, keep.ids_BL.shape[0], (cfg.keep_rows,), generator=gen)
-            ids = torch.cat([tgt.ids_BL, keep.ids_BL[rows]])
-            labels = torch.cat([tgt_labels, keep_labels[rows]])
+            ids = torch.cat([tgt.ids_BL, keep.ids_BL[rows], *([always[0].ids_BL] if always else [])])
+            labels = torch.cat([tgt_labels, keep_labels[rows], *([always[1]] if always else [])])
             with torch.enable_grad():
                 loss = iar.training_loss(Tokens(ids, iar.grids), labels, generator=gen)
                 opt.zero_grad(set_to_none=True)

@@ -15,7 +15,6 @@ input checkpoint is never changed. See docs/MITIGATE.md.
 from __future__ import annotations
 
 import argparse
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from iarmem.models.base import UNIT_KINDS
 from iarmem.models.loading import open_model
 from iarmem.plans import parse_ids
 from iarmem.progress import log
-from iarmem.runs import RUN_FILE, start_run
+from iarmem.runs import RUN_FILE, check_out, discard_output, start_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,17 +75,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reuse a finished run with the same settings in --out (an unfinished one is redone)")
 
 
-def _check_out(out: Path, inputs: list[str | None]) -> None:
-    """--out must not be an input nor hold one: --overwrite would delete it."""
-    o = out.resolve()
-    for item in inputs:
-        if not item:
-            continue
-        q = Path(item).resolve()
-        if q.exists() and (q == o or o in q.parents):
-            raise UserError(f"--out {out} would overwrite the input {item}; choose another folder")
-
-
 def _choose(args: argparse.Namespace, loc: Localization, forget_run: Localization | None,
             kinds: tuple[str, ...]) -> Selection:
     common = {"scope": args.scope, "reduce": args.reduce, "bin": args.bin, "control": args.control,
@@ -119,12 +107,12 @@ def run(args: argparse.Namespace) -> int:
     if not kinds or set(kinds) - set(UNIT_KINDS):
         raise UserError(f"--kinds {args.kinds!r}: choose from {', '.join(UNIT_KINDS)}")
     out = Path(args.out)
-    _check_out(out, [args.model, args.localization, args.forget_run, args.tokenizer, args.weights])
+    check_out(out, [args.model, args.localization, args.forget_run, args.tokenizer, args.weights])
 
     loc = load_localization(args.localization)
     forget_run = load_localization(args.forget_run) if args.forget_run else None
     iar, source = open_model(args.model, args.tokenizer, args.weights)
-    _check_out(out, [source.tokenizer_file, source.model_file])
+    check_out(out, [source.tokenizer_file, source.model_file])
     for x in (loc, forget_run):
         if x is not None:
             check_architecture(x, iar, args.model)
@@ -155,24 +143,10 @@ def run(args: argparse.Namespace) -> int:
                    "factor": args.factor, "control": selection.control, "per_block": manifest["counts"]["per_block"]}
         run_.finish([*written, EDIT_FILE], summary)
     except BaseException:
-        _discard(out, existed)
+        discard_output(out, existed)
         raise
     what = "random" if selection.control == "random" else "lowest-UnitMem" if selection.control == "lowest" else (
         "targeted" if selection.rule == "forget" else "top-UnitMem")
     log(f"scaled {selection.count} of {selection.total_units} {what} units by {args.factor:g} ({args.edit} edit); "
         f"per block {manifest['counts']['per_block']}; wrote {out}")
     return 0
-
-
-def _discard(out: Path, existed: bool) -> None:
-    """Leave no half-written output: remove the folder we made, or empty the one we were given."""
-    if not out.is_dir():
-        return
-    if not existed:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for child in out.iterdir():
-        if child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)

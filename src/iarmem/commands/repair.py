@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder to write (becomes a model folder)")
     p.add_argument("--images", metavar="IDS",
                    help="repair these ids instead (a comma list or a file), or only the leaked images of a plan "
-                        "group: planted or ordinary")
+                        "group: planted or ordinary, or the images `iarmem inject` put in: injected")
     p.add_argument("--max-targets", type=int, metavar="N",
                    help="repair at most N of them, a class-balanced seeded sample (a first look at a large leak)")
     p.add_argument("--tokenizer", help="official tokenizer file (presets)")

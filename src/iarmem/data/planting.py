@@ -8,6 +8,10 @@ in between. The manifest records the split so every later stage uses the same gr
 Graded planting (``copies`` a list of levels, e.g. 1, 2, 4, 8, 16, 32): the planted images are dealt
 to the levels in equal shares, so memorization can be read against duplication, as in real data
 where a few images recur many times and most once.
+
+Injected images (``iarmem inject``): never-trained images a finished model was made to learn
+afterwards through a known set of units. They are members but not part of an epoch, so they are
+kept apart from the three training groups and excluded from every non-member sample.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class Plan:
     num_images: int
     dataset: str = ""
     copies_each: np.ndarray | None = None  # graded planting: copies of each planted image (aligned with planted_ids)
+    injected_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    injected_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     @property
     def planted_copies(self) -> np.ndarray:
@@ -67,6 +73,18 @@ class Plan:
         """The distinct ids trained on (ordinary and planted), sorted."""
         return np.union1d(self.ordinary_ids, self.planted_ids)
 
+    @property
+    def used_ids(self) -> np.ndarray:
+        """Every id the plan names (trained, held out or injected): what a non-member sample must avoid."""
+        return np.concatenate([self.planted_ids, self.ordinary_ids, self.heldout_ids, self.injected_ids])
+
+    def with_injected(self, ids: np.ndarray, labels: np.ndarray) -> Plan:
+        """This plan with ``ids`` added to its injected group."""
+        ids = np.concatenate([self.injected_ids, np.asarray(ids, dtype=np.int64)])
+        labels = np.concatenate([self.injected_labels, np.asarray(labels, dtype=np.int64)])
+        order = np.argsort(ids, kind="stable")
+        return dataclasses.replace(self, injected_ids=ids[order], injected_labels=labels[order])
+
     def check_labels(self, labels: np.ndarray, where: str = "the dataset") -> None:
         """Fail if ``labels`` are not those the plan was made from (another dataset or order)."""
         labels = np.asarray(labels)
@@ -76,6 +94,7 @@ class Plan:
                 (self.planted_ids, self.planted_labels),
                 (self.ordinary_ids, self.ordinary_labels),
                 (self.heldout_ids, self.heldout_labels),
+                (self.injected_ids, self.injected_labels),
             )
         )
         if not ok:
@@ -91,8 +110,7 @@ def outside_sample(plan: Plan, labels: np.ndarray, n: int, seed: int) -> np.ndar
     The plan's own held-out set is as large as its planted set (20 on the tiny models), too few to
     resolve a 1 % false-positive rate; the rest of the dataset is a larger pool of non-members.
     """
-    used = np.concatenate([plan.planted_ids, plan.ordinary_ids, plan.heldout_ids])
-    rest = np.setdiff1d(np.arange(plan.num_images, dtype=np.int64), used)
+    rest = np.setdiff1d(np.arange(plan.num_images, dtype=np.int64), plan.used_ids)
     if n <= 0 or len(rest) == 0:
         return np.empty(0, dtype=np.int64)
     return np.sort(balanced_sample(labels, min(n, len(rest)), seed=seed, purpose="calibration", pool=rest))
@@ -180,6 +198,7 @@ def write_manifest(plan: Plan, path: str | os.PathLike) -> None:
             "planted": _group(plan.planted_ids, plan.planted_labels),
             "heldout": _group(plan.heldout_ids, plan.heldout_labels),
             "ordinary": _group(plan.ordinary_ids, plan.ordinary_labels),
+            **({"injected": _group(plan.injected_ids, plan.injected_labels)} if len(plan.injected_ids) else {}),
         },
     )
 
@@ -201,7 +220,10 @@ def read_manifest(path: str | os.PathLike) -> Plan:
         )
     try:
         groups = {}
-        for key in ("planted", "ordinary", "heldout"):
+        for key in ("planted", "ordinary", "heldout", "injected"):
+            if key == "injected" and key not in obj:
+                groups[key] = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+                continue
             ids = np.asarray(obj[key]["ids"], dtype=np.int64).reshape(-1)
             labs = np.asarray(obj[key]["labels"], dtype=np.int64).reshape(-1)
             if len(ids) != len(labs):
@@ -220,13 +242,15 @@ def read_manifest(path: str | os.PathLike) -> Plan:
             dataset=str(obj.get("dataset", "")),
             copies_each=(np.asarray(obj["copies_each"], dtype=np.int64).reshape(-1) if "copies_each" in obj
                          else None),
+            injected_ids=groups["injected"][0],
+            injected_labels=groups["injected"][1],
         )
         if plan.copies_each is not None and (len(plan.copies_each) != len(plan.planted_ids)
                                              or plan.copies_each.min(initial=1) < 1):
             raise ValueError(f"copies_each: {len(plan.copies_each)} levels for {len(plan.planted_ids)} planted ids")
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"planting manifest {path} is malformed ({e}); re-create it") from e
-    all_ids = np.concatenate([plan.planted_ids, plan.ordinary_ids, plan.heldout_ids])
+    all_ids = plan.used_ids
     if len(np.unique(all_ids)) != len(all_ids) or (
         len(all_ids) and not 0 <= all_ids.min() <= all_ids.max() < plan.num_images
     ):

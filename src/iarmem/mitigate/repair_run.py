@@ -48,7 +48,7 @@ from iarmem.progress import log
 from iarmem.runs import Run, fingerprint, require_finished, start_run
 
 REPAIR_FILE = "repair.json"
-GROUPS = ("planted", "ordinary")
+GROUPS = ("planted", "ordinary", "injected")
 
 
 def fc1_scores(iar: Any) -> Scores:
@@ -71,8 +71,11 @@ def choose_targets(args: argparse.Namespace, leaked: list[int], plan: Any, label
     if args.images in GROUPS:
         if plan is None:
             raise UserError(f"--images {args.images} needs a model folder with a planting manifest")
-        group = plan.planted_ids if args.images == "planted" else plan.ordinary_ids
-        ids = np.intersect1d(np.asarray(leaked, dtype=np.int64), group)
+        if args.images == "injected":  # an extraction never scores them: the repair's own strong attack checks them
+            ids = plan.injected_ids
+        else:
+            group = plan.planted_ids if args.images == "planted" else plan.ordinary_ids
+            ids = np.intersect1d(np.asarray(leaked, dtype=np.int64), group)
     elif args.images is not None:
         ids = parse_ids(args.images, len(labels), flag="--images")
     else:
