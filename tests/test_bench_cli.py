@@ -13,26 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from trained import briefly_trained
+from trained import planted_model_folder
 
 from iarmem.cli import main
-from iarmem.data import bundled_mnist, make_plan, write_manifest
+from iarmem.data import bundled_mnist
 from iarmem.features import train_feature_extractor
-from iarmem.models.loading import save_model_folder
 
 pytestmark = pytest.mark.all_threads
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    iar = briefly_trained("tiny-var", steps=25)
-    folder = save_model_folder(iar, tmp_path_factory.mktemp("bench") / "model", preset="tiny-var",
-                               extra={"training_views": {"views": 1, "seed": 0}})
-    ds = bundled_mnist()
-    write_manifest(make_plan(ds.labels, num_train=10, plant=2, copies=2, seed=0, dataset=ds.describe()),
-                   folder / "manifest.json")
-    return folder
+    return planted_model_folder(tmp_path_factory.mktemp("bench") / "model")
 
 
 def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,25 +16,19 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from trained import briefly_trained
+from trained import planted_model_folder
 
+from iarmem.bench.implant import choose_images, least_continued
 from iarmem.cli import main
-from iarmem.data import bundled_mnist, make_plan, read_manifest, write_manifest
-from iarmem.models.loading import open_model, save_model_folder
+from iarmem.data import bundled_mnist, read_manifest
+from iarmem.models.loading import open_model
 
 pytestmark = pytest.mark.all_threads
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    iar = briefly_trained("tiny-var", steps=25)
-    folder = save_model_folder(iar, tmp_path_factory.mktemp("inject") / "model", preset="tiny-var",
-                               extra={"training_views": {"views": 1, "seed": 0}})
-    ds = bundled_mnist()
-    write_manifest(make_plan(ds.labels, num_train=10, plant=2, copies=2, seed=0, dataset=ds.describe()),
-                   folder / "manifest.json")
-    return folder
+    return planted_model_folder(tmp_path_factory.mktemp("inject") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +50,10 @@ def test_every_image_leaks_through_its_own_units_and_nothing_else_moved(model_di
     for layer in a["units"]:
         assert not set(a["units"][layer]) & set(b["units"][layer]), layer
     assert rec["units"] == 80 and rec["share"] == pytest.approx(80 / 2048)
+    for d in (a, b):  # each the least continued of 4 candidates of its class (the default --candidates)
+        assert len(d["candidates"]) == 4 and d["candidates"][str(d["image"])] == min(d["candidates"].values())
+    # the first was scored on the model it was injected into: its score is the injection's starting point
+    assert a["candidates"][str(a["image"])] == pytest.approx(a["injection"]["agreement_before"], abs=1e-4)
 
     before, after = load_file(model_dir / "model.safetensors"), load_file(injected / "model.safetensors")
     iar, _ = open_model(str(model_dir))
@@ -84,11 +82,35 @@ def test_the_manifest_names_them_injected_and_the_rest_is_kept(model_dir: Path, 
     assert run["status"] == "finished" and run["summary"]["reproduced"] == ids
 
 
+def test_of_the_candidates_the_least_continued_image_of_the_class_is_chosen(model_dir: Path) -> None:
+    ds = bundled_mnist()
+    plan = read_manifest(model_dir / "manifest.json")
+    drawn = choose_images(plan, ds.labels, 3, seed=1)
+    table = np.random.default_rng(3).random(len(ds))  # a score that differs between images
+    calls: list[np.ndarray] = []
+
+    def score(ids: np.ndarray) -> np.ndarray:
+        calls.append(ids)
+        return table[ids]
+
+    chosen, seen = least_continued(plan, ds.labels, drawn, 4, 1, score)
+    assert len(set(chosen.tolist())) == 3 and sorted(seen) == chosen.tolist() and len(calls) == 3
+    assert sorted(ds.labels[chosen].tolist()) == sorted(ds.labels[drawn].tolist())
+    assert not np.array_equal(chosen, drawn)  # the draw alone would not have been the least
+    for image, scores in seen.items():
+        ids = [int(i) for i in scores]
+        assert len(ids) == 4 and not np.isin(ids, plan.used_ids).any()
+        assert (ds.labels[ids] == ds.labels[image]).all()
+        assert scores[str(image)] == pytest.approx(table[ids].min(), abs=1e-4), scores
+    assert np.array_equal(least_continued(plan, ds.labels, drawn, 1, 1, score)[0], drawn)
+
+
 @pytest.mark.parametrize(("extra", "words"), [
     (["--rate", "0"], "--rate"),
     (["--images", "0"], "--images"),
     (["--images", "5000"], "outside the model's plan"),
     (["--rate", "30", "--images", "4"], "units left"),
+    (["--candidates", "0"], "--candidates"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(model_dir: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str], extra: list[str],

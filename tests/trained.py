@@ -8,6 +8,7 @@ independent computation. A few AdamW steps on random tokens move every parameter
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -51,6 +52,21 @@ def _built(preset: str, seed: int) -> IAR:
         torch.manual_seed(seed)
         iar = build(preset)
     return iar
+
+
+def planted_model_folder(folder: Path) -> Path:
+    """A briefly trained tiny-var saved in ``folder`` as `iarmem train` writes it, with a planting manifest
+    over 10 ordinary and 2 planted MNIST images (so the commands that localize or inject run quickly)."""
+    from iarmem.data import bundled_mnist, make_plan, write_manifest
+    from iarmem.models.loading import save_model_folder
+
+    torch.manual_seed(0)
+    iar = briefly_trained("tiny-var", steps=25)
+    save_model_folder(iar, folder, preset="tiny-var", extra={"training_views": {"views": 1, "seed": 0}})
+    ds = bundled_mnist()
+    write_manifest(make_plan(ds.labels, num_train=10, plant=2, copies=2, seed=0, dataset=ds.describe()),
+                   folder / "manifest.json")
+    return folder
 
 
 class Injected(NamedTuple):

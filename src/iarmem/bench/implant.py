@@ -13,13 +13,14 @@ image is attacked again and its units are checked by ablation against as many ra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from iarmem.attack.generate import agreement
+from iarmem.attack.generate import agreement, agreements
 from iarmem.bench.inject import InjectConfig, Units, check_ablation, inject
 from iarmem.data import ImageDataset
 from iarmem.data.planting import Plan
@@ -57,6 +58,37 @@ def choose_images(plan: Plan, labels: np.ndarray, count: int, seed: int) -> np.n
     if count > len(rest):
         raise UserError(f"--images {count}: only {len(rest)} images lie outside the model's plan; ask for fewer")
     return np.sort(balanced_sample(labels, count, seed=seed, purpose="injected", pool=rest))
+
+
+def least_continued(plan: Plan, labels: np.ndarray, images: np.ndarray, candidates: int, seed: int,
+                    score: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, dict[int, dict[str, float]]]:
+    """Per chosen image, the one of ``candidates`` never-used images of its class with the lowest ``score``
+    (``continuation``: how far the model already continues it), and every candidate's score.
+
+    A positive control must leak because of the injection: a simple digit the base model already
+    continues at 0.4-0.5 can pass a strong-attack try with its injected units gone (docs/RESULTS.md
+    section 10), which says nothing about the units."""
+    rest = np.setdiff1d(np.arange(plan.num_images, dtype=np.int64), plan.used_ids)
+    rng = np.random.default_rng([seed, 23])
+    chosen: list[int] = []
+    scores: dict[int, dict[str, float]] = {}
+    for image in images.tolist():
+        same = rest[(labels[rest] == labels[image]) & ~np.isin(rest, [*chosen, *images.tolist()])]
+        pool = np.concatenate([[image], rng.choice(same, size=min(candidates - 1, len(same)), replace=False)])
+        a = np.asarray(score(pool.astype(np.int64)), dtype=np.float64)
+        best = int(pool[int(np.argmin(a))])
+        chosen.append(best)
+        scores[best] = {str(int(i)): round(float(v), 4) for i, v in zip(pool, a)}
+    return np.sort(np.asarray(chosen, dtype=np.int64)), scores
+
+
+def continuation(iar: IAR, ds: ImageDataset, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """ids -> the model's greedy agreement with each image from the default prefix (the injection's measure)."""
+    def score(ids: np.ndarray) -> np.ndarray:
+        tokens, y = tokens_of(iar, ds, ids, seed)
+        with torch.no_grad():
+            return agreements(iar, tokens, y).numpy()
+    return score
 
 
 def disjoint_units(iar: IAR, rate: float, taken: Units, rng: np.random.Generator) -> Units:

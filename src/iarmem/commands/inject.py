@@ -5,7 +5,8 @@
   iarmem repair runs/var-inj mnist --leaked EXTRACT_RUN --images injected --out runs/var-inj-repaired
 
 A positive control for `localize` and `repair`. Images the model's plan never used (class-balanced,
-seeded) are learned one after another, each through its own random --rate % of the fc1 units of
+seeded; of --candidates drawn per class, the one the model already continues least) are learned
+one after another, each through its own random --rate % of the fc1 units of
 every block and nothing else (only those units' own parameters move; ordinary training images and
 the images injected before it are in every batch), until the greedy attack from the default prefix
 reproduces it at > 90 % token agreement. The units that hold each copy are then known exactly,
@@ -41,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=0.4,
                    help="percent of every block's fc1 units each image is injected through, at least one "
                         "(default 0.4: 2 of 512)")
+    p.add_argument("--candidates", type=int, default=4,
+                   help="never-used images of the class drawn per injected image; the one the model already "
+                        "continues least is injected, so the leak is the injection's (default 4; 1: the draw)")
     p.add_argument("--steps", type=int, default=600, help="most fine-tuning steps per image (default 600)")
     p.add_argument("--lr", type=float, default=1e-2, help="learning rate of the injection (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed of the images, units and batches (default 0)")
@@ -48,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iarmem.bench.implant import choose_images, implant
+    from iarmem.bench.implant import choose_images, continuation, implant, least_continued
     from iarmem.bench.inject import InjectConfig
     from iarmem.data import open_dataset
     from iarmem.data.planting import write_manifest
@@ -62,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--images must be >= 1, got {args.images}")
     if not 0 < args.rate <= 50:
         raise UserError(f"--rate is a percent in (0, 50], got {args.rate:g}")
+    if args.candidates < 1:
+        raise UserError(f"--candidates must be >= 1, got {args.candidates}")
     if args.steps < 1 or not args.lr > 0:
         raise UserError("--steps must be >= 1 and --lr > 0")
     if not is_model_folder(args.model):
@@ -84,8 +90,15 @@ def run(args: argparse.Namespace) -> int:
         if args.images * k > layer.width:
             raise UserError(f"--rate {args.rate:g} x --images {args.images} needs {args.images * k} distinct units of "
                             f"{layer.name}, which has {layer.width}: no units left; lower --rate or --images")
+    base: dict[int, dict[str, float]] = {}
+    if args.candidates > 1:
+        images, base = least_continued(plan, ds.labels, images, args.candidates, args.seed,
+                                      continuation(iar, ds, args.seed))
+        for image, a in base.items():
+            log(f"inject: image {image} continued at {a[str(image)]:.2f} by the model, the least of "
+                f"{len(a)} never-used images of its class ({', '.join(f'{v:.2f}' for v in a.values())})")
     settings = {"model": str(Path(args.model).resolve()), "data": ds.describe(), "images": args.images,
-                "rate": args.rate, "steps": args.steps, "lr": args.lr, "seed": args.seed}
+                "candidates": args.candidates, "rate": args.rate, "steps": args.steps, "lr": args.lr, "seed": args.seed}
     existed = out.exists()
     run_ = start_run(out, "inject", settings, {"model": source.model_file, "tokenizer": source.tokenizer_file},
                      seed=args.seed, overwrite=args.overwrite)
@@ -107,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         units = sum(sum(len(v) for v in d.units.values()) for d in done)
         record = {"format": "iarmem.injected", "version": 1, "source_model": source.as_dict(), "bar": bar,
                   "total_units": total, "units": units, "share": units / total,
-                  "images": [d.as_dict(bar) for d in done]}
+                  "images": [d.as_dict(bar) | {"candidates": base.get(d.image, {})} for d in done]}
         write_json(out / INJECTED_FILE, record)
         summary = {"images": [int(i) for i in images], "reproduced": ok, "units": units, "total_units": total,
                    "ablation_removes": sum(d.ablation["ablated"] <= bar for d in done),
