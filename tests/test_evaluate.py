@@ -118,12 +118,15 @@ def test_evaluate_model_with_a_shared_reference(model_dir: Path, quick_cnn: Path
         evaluate_model(iar, None, features, 1, seed=0, **kw)
 
 
-def test_the_repair_s_quality_noise_draws_other_sampling_seeds_against_the_same_reference(quick_cnn: Path) -> None:
+def test_the_repair_s_quality_noise_draws_other_sampling_seeds_against_the_same_reference(
+        quick_cnn: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The noise floor a repair's quality guard is read against: the unedited model's FID under other sampling
-    seeds (the first is the measurement already made), the reference images fixed."""
+    seeds (the first is the measurement already made), the reference images fixed; and every measurement
+    draws the same seeds, so the guard compares an edit with the unedited model seed for seed."""
     from iarmem.attack.settings import AttackSettings
     from iarmem.distributed import World
-    from iarmem.mitigate.repair import RepairContext, quality, quality_noise
+    from iarmem.mitigate import repair
+    from iarmem.mitigate.repair import RepairContext, measure, quality, quality_noise
     from iarmem.mitigate.repair_run import fc1_scores
 
     ds = bundled_mnist()
@@ -141,3 +144,14 @@ def test_the_repair_s_quality_noise_draws_other_sampling_seeds_against_the_same_
     assert n["median"] == pytest.approx(np.median(f))
     assert n["relative_std"] == pytest.approx(f.std(ddof=1) / n["median"])
     assert n["relative_std"] > 0
+
+    ctx.quality_seeds = (5, 6)
+    monkeypatch.setattr(repair, "strong_leak", lambda *_a, **_k: {})  # the attack is not what is tested here
+    m = measure(ctx)
+    assert m["quality"]["fid_draws"] == n["fid"]  # the same seeds as the noise floor, in order
+    units = ctx.units(np.array([3, 600, 1100]))
+    with repair.temporary_edit(iar, units, "exact", 0.0):
+        edited = [quality(ctx, seed=s)["fid"] for s in (4, 5, 6)]
+    assert edited != n["fid"] and measure(ctx, np.array([3, 600, 1100]))["quality"]["fid_draws"] == edited
+    monkeypatch.setattr(repair, "quality", lambda *_a, **_k: pytest.fail("redrawn"))
+    assert quality_noise(ctx, m, 3)["fid"] == n["fid"]  # read from the measurement, not drawn again

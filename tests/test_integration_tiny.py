@@ -86,6 +86,9 @@ def test_repair_records_what_the_strong_attack_finds_on_the_model_it_writes(trai
     final = r["final"]
     assert rc == (0 if final is not None and not final["leak"]["extracted"] else 1)
     assert r["alternatives"] and r["alternatives"][0]["units"] == r["rounds"][-1]["units"] or final is not None
+    for m in [r["before"], *r["rounds"], *r["alternatives"]]:  # every FID drawn under the same three seeds
+        assert len(m["quality"]["fid_draws"]) == 3 and m["quality"]["fid_draws"][0] == m["quality"]["fid"]
+    assert r["quality_noise"]["fid"] == r["before"]["quality"]["fid_draws"]
     loss0 = r["before"]["membership"]["mean_loss"]
     assert loss0["targets"] < loss0["heldout"] - 0.5  # memorized targets: the membership signal before
     for m in r["rounds"]:  # measured under each round's edit: removing the targets' units raises their loss

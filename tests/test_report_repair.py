@@ -29,8 +29,14 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
               "alternatives": [_m(14, [1, 2, 3], 2.05) | {"name": "random", "setting": "14 random units of the same "
                                                           "layers (seed 0)", "cleaned": 0, "of": 3}],
               "quality_noise": {"seeds": [0, 1, 2], "fid": [2.0, 2.3, 1.9], "median": 2.0, "relative_std": 0.104}}
+    # the unedited model and round 2 drew three sampling seeds (means 6.2 / 3 and 7.6 / 3: +22.6 % seed for seed,
+    # +10 % on the first draws); round 1 has one draw, read against the unedited model's first (+5.0 %)
+    for m, draws in ((record["before"], [2.0, 2.3, 1.9]), (record["rounds"][1], [2.2, 2.9, 2.5]),
+                     (record["final"], [2.2, 2.9, 2.5])):
+        m["quality"]["fid_draws"] = draws
     summary = _summary(record) | {"model": {"spec": "runs/var", "family": "var"}}
-    assert summary["extracted_after"] == 0 and abs(summary["relative_fid"] - 0.1) < 1e-9
+    assert summary["extracted_after"] == 0 and abs(summary["relative_fid"] - (7.6 / 6.2 - 1)) < 1e-9
+    assert summary["fid_before"] == sum([2.0, 2.3, 1.9]) / 3 and summary["fid_draws"] == 3
     write_json(out / "repair.json", record)
     write_json(out / "summary.json", summary)
     run.finish(["repair.json", "summary.json"], {})
@@ -39,6 +45,7 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     assert "3 of 3 extracted targets stopped under every strong-attack try, removing 14 fc1 units (0.68 %)" in html
     for row in ("unedited", "round 1", "round 2", "alternative: 14 random units of the same layers (seed 0)"):
         assert f'data-label="edit">{row}</td>' in html, row
-    assert "+10.0 %" in html and "3 of 3" in html and "1.9 / 1 / 2" in html and "0.1 / 1 / 2" in html
+    assert "+22.6 %" in html and "+5.0 %" in html and "3 of 3" in html
+    assert "1.9 / 1 / 2" in html and "0.1 / 1 / 2" in html
     assert "under 3 sampling seeds" in html and "a relative std of 10.4 %" in html  # the guard's noise floor
     assert summary["fid_noise_relative_std"] == 0.104

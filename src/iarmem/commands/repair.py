@@ -72,8 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("measurement")
     g.add_argument("--n-per-class", type=int, default=20, help="samples per class for FID (default 20)")
     g.add_argument("--quality-draws", type=int, default=3,
-                   help="sampling seeds of the unedited model's FID, recorded as the noise an FID change must exceed "
-                        "(default 3; 1: skip)")
+                   help="sampling seeds every FID is drawn under, the same for every edit; the guard reads the "
+                        "mean, seed for seed, and their spread on the unedited model is recorded as the noise "
+                        "(default 3; 1: one draw)")
     g.add_argument("--features", default="trained", help="feature extractor for FID (see `iarmem evaluate`)")
     g.add_argument("--features-cache", help="folder of the trained feature CNN (default OUT/features)")
     g.add_argument("--trigger-steps", type=int, default=30, help="strong attack: Adam steps of the trigger search")

@@ -53,6 +53,7 @@ from iarmem.mitigate.select import Scores, pick_random, select_units
 from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unlearn
 from iarmem.models.base import IAR, Tokens
 from iarmem.progress import log
+from iarmem.quality_guard import mean_fid, relative_fid
 from iarmem.tokens import load_views
 
 ALTERNATIVES = ("random", "paper", "noise", "unlearn")
@@ -75,7 +76,10 @@ class RepairConfig:
     noise_levels: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     alternative_points: int = 3  # strong attacks one alternative may spend looking for the same leak
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
-    quality_draws: int = 3  # sampling seeds of the unedited model's FID: the noise a quality guard must exceed
+    # sampling seeds every FID is measured under, the same for every edit: the guard compares the mean over them
+    # (one draw moves ~10 % on tiny-var at 20 samples per class, docs/RESULTS.md section 10), and their spread on
+    # the unedited model is the noise a guard must exceed
+    quality_draws: int = 3
     seed: int = 0
 
 
@@ -98,6 +102,7 @@ class RepairContext:
     world: World
     keep: np.ndarray  # ordinary training images: unlearning keeps their loss; membership scores them
     batch_size: int = 32
+    quality_seeds: tuple[int, ...] = ()  # sampling seeds of the FID draws beyond ``attack.seed`` (the same per edit)
     cache: TokenCache = field(default_factory=TokenCache)
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # eval-view tokens of targets and prompts
     labels: dict[int, int] = field(default_factory=dict)
@@ -176,7 +181,9 @@ def quality_noise(ctx: RepairContext, before: dict[str, Any], draws: int) -> dic
     measurement: how far FID moves with no edit at all. A quality guard inside that spread reads noise
     (on the tiny models at 20 samples per class: a relative std of about 9 %, docs/RESULTS.md section 10)."""
     seeds = [ctx.attack.seed + k for k in range(draws)]
-    fids = [float(before["quality"]["fid"])] + [float(quality(ctx, seed=s)["fid"]) for s in seeds[1:]]
+    fids = [float(f) for f in before["quality"].get("fid_draws", [])]
+    if len(fids) != draws:  # a journal written before every measurement drew them
+        fids = [float(before["quality"]["fid"])] + [float(quality(ctx, seed=s)["fid"]) for s in seeds[1:]]
     f = np.asarray(fids)
     med = float(np.median(f))
     return {"seeds": seeds, "fid": fids, "median": med,
@@ -191,6 +198,8 @@ def measure(ctx: RepairContext, flat: np.ndarray | None = None, *, edit: str = "
     with temporary_edit(ctx.iar, units, edit, factor):
         leak = strong_leak(ctx, noise)
         q = quality(ctx, noise)
+        if ctx.quality_seeds:
+            q["fid_draws"] = [q["fid"]] + [quality(ctx, noise, seed=s)["fid"] for s in ctx.quality_seeds]
         # logit noise acts on sampling, not on the weights the teacher-forced loss reads: no membership there
         mia = membership(ctx) if noise == 0.0 else None
     n = 0 if flat is None else len(flat)
@@ -206,10 +215,6 @@ def membership(ctx: RepairContext) -> dict[str, Any] | None:
     loss = {g: float(np.mean(sc["loss"][np.isin(sc["id"], m)])) for g, m in
             (("targets", ctx.targets), ("ordinary", ctx.keep), ("heldout", ctx.heldout)) if len(m)}
     return {"auc": out, "mean_loss": loss}
-
-
-def relative_fid(q: dict[str, Any], q0: dict[str, Any]) -> float:
-    return (q["fid"] - q0["fid"]) / q0["fid"] if q0["fid"] else float("inf")
 
 
 def within_quality(q: dict[str, Any], q0: dict[str, Any], cfg: RepairConfig) -> bool:
@@ -307,7 +312,7 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
         if ctx.world.is_main:
             log(f"repair round {r}: {len(order)} units, {len(survivors)} of {len(work)} targets still extracted"
                 + (f" and {len(revealed)} brought out" if revealed else "")
-                + f", FID {m['quality']['fid']:.3g} (before {q0['fid']:.3g})")
+                + f", FID {mean_fid(m['quality']):.3g} (before {mean_fid(q0):.3g})")
         if not within_quality(m["quality"], q0, cfg):
             status = "quality"
             message = (f"round {r} costs {100 * relative_fid(m['quality'], q0):.1f} % FID, over --max-quality-loss "

@@ -45,6 +45,7 @@ from iarmem.mitigate.write import EDIT_FILE, edit_manifest, hash_files, write_ed
 from iarmem.models.loading import is_model_folder
 from iarmem.plans import model_plan, parse_ids, select_ids
 from iarmem.progress import log
+from iarmem.quality_guard import mean_fid, relative_fid
 from iarmem.runs import Run, fingerprint, require_finished, start_run
 
 REPAIR_FILE = "repair.json"
@@ -161,6 +162,7 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     keep = np.sort(rng.choice(others, size=min(64, len(others)), replace=False))
     ctx = RepairContext(iar, ds, plan, targets, attack, pool, heldout, fc1_scores(iar), features, reference,
                         args.n_per_class, load_extractors(attack, iar.device), world, keep, args.batch_size)
+    ctx.quality_seeds = tuple(attack.seed + k for k in range(1, cfg.quality_draws))  # quality_noise's seeds
     ctx.eval_tokens(np.union1d(targets, keep))
     journal = Journal(out / JOURNAL_FILE, world)
 
@@ -169,11 +171,16 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
         noise = (journal.step("quality-noise", lambda: quality_noise(ctx, before, cfg.quality_draws))
                  if cfg.quality_draws > 1 else None)
     work = before["leak"]["extracted"]
-    log(f"before: the strong attack extracts {len(work)} of {len(targets)} targets; FID {before['quality']['fid']:.3g}")
-    if noise is not None and noise["relative_std"] > cfg.max_quality_loss / 2:
+    log(f"before: the strong attack extracts {len(work)} of {len(targets)} targets; "
+        f"FID {mean_fid(before['quality']):.3g}")
+    # the guard compares means over the draws, seed for seed: an edit's own draws are as noisy as the
+    # unedited model's, so the change it reads moves by about std x sqrt(2 / draws)
+    guard_noise = noise["relative_std"] * (2 / len(noise["fid"])) ** 0.5 if noise is not None else 0.0
+    if guard_noise > cfg.max_quality_loss / 2:
         log(f"note: the unedited model's FID moves {100 * noise['relative_std']:.1f} % (relative std over "
-            f"{len(noise['fid'])} sampling seeds) with no edit; a --max-quality-loss of "
-            f"{100 * cfg.max_quality_loss:g} % is within that noise: raise --n-per-class")
+            f"{len(noise['fid'])} sampling seeds) with no edit, so the guard's FID change moves about "
+            f"{100 * guard_noise:.1f} %; a --max-quality-loss of {100 * cfg.max_quality_loss:g} % is within that "
+            f"noise: raise --quality-draws or --n-per-class")
     record: dict[str, Any] = {"format": "iarmem.repair", "version": 1, "targets": [int(i) for i in targets],
                               "extracted_before": work,
                               "not_extracted_before": [int(i) for i in targets if int(i) not in work],
@@ -267,15 +274,16 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         "status": record["status"], "message": record["message"], "targets": len(record["targets"]),
         "extracted_before": len(work), "extracted_after": len(after), "still_extracted": after,
         "units": final["units"] if final else 0, "fraction": final["fraction"] if final else 0.0,
-        "fid_before": before["quality"]["fid"], "fid_after": final["quality"]["fid"] if final else None,
+        "fid_before": mean_fid(before["quality"]), "fid_after": mean_fid(final["quality"]) if final else None,
+        "fid_draws": len(before["quality"].get("fid_draws") or [0]),
         "fid_noise_relative_std": (record.get("quality_noise") or {}).get("relative_std"),
         "class_accuracy_before": before["quality"].get("class_accuracy"),
         "class_accuracy_after": final["quality"].get("class_accuracy") if final else None,
         "alternatives": [{k: a.get(k) for k in ("name", "setting", "units", "cleaned", "of", "same_leak")}
-                         | {"fid": a["quality"]["fid"]} for a in record.get("alternatives", [])],
+                         | {"fid": mean_fid(a["quality"])} for a in record.get("alternatives", [])],
     }
     if final:
-        rel = (s["fid_after"] - s["fid_before"]) / s["fid_before"] if s["fid_before"] else float("nan")
+        rel = relative_fid(final["quality"], before["quality"])
         s["relative_fid"] = rel
         s["sentence"] = (f"repair: {len(work) - len(after)} of {len(work)} extracted targets stopped under every "
                          f"strong-attack try, removing {s['units']} fc1 units ({100 * s['fraction']:.2f} %); FID "

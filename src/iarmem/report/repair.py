@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from iarmem.quality_guard import mean_fid, relative_fid
 from iarmem.report.discover import ModelGroup
 from iarmem.report.fmt import DASH, as_dict, missing, num, run_label
 from iarmem.report.html import esc, note, table
@@ -13,10 +14,10 @@ HEADERS = ["edit", "units (% of fc1)", "targets extracted (strong)", "default at
            "held-out false pos.", "mean loss: targets / ordinary / held-out", "FID", "FID change", "class acc."]
 
 
-def _row(name: str, m: dict[str, Any], n: int, fid0: float | None) -> list[str]:
+def _row(name: str, m: dict[str, Any], n: int, q0: dict[str, Any]) -> list[str]:
     leak, q = as_dict(m.get("leak")), as_dict(m.get("quality"))
-    fid = q.get("fid")
-    change = f"{100 * (fid - fid0) / fid0:+.1f} %" if isinstance(fid, (int, float)) and fid0 else DASH
+    fid = mean_fid(q) if isinstance(q.get("fid"), (int, float)) else None
+    change = f"{100 * relative_fid(q, q0):+.1f} %" if fid is not None and q0.get("fid") else DASH
     units = m.get("units", 0)
     frac = m.get("fraction")
     return [name, f"{num(units)} ({100 * frac:.2f} %)" if isinstance(frac, (int, float)) else num(units),
@@ -53,13 +54,13 @@ def repair_section(groups: list[ModelGroup]) -> str:
                 parts.append(f"<h3>{esc(g.label)} &middot; {run_label(run)}</h3>" + note("no repair.json yet"))
                 continue
             before = as_dict(r.get("before"))
-            fid0 = as_dict(before.get("quality")).get("fid")
+            q0 = as_dict(before.get("quality"))
             n = len(r.get("targets", []))
-            rows = [_row("unedited", before, n, fid0)]
-            rows += [_row(f"round {k}", m, n, fid0) for k, m in enumerate(r.get("rounds", []), 1)]
+            rows = [_row("unedited", before, n, q0)]
+            rows += [_row(f"round {k}", m, n, q0) for k, m in enumerate(r.get("rounds", []), 1)]
             if r.get("pruned"):
-                rows.append(_row("pruned" + ("" if r.get("pruned_kept") else " (not kept)"), r["pruned"], n, fid0))
-            rows += [_row(f"alternative: {esc(a.get('setting', a.get('name')))}", a, n, fid0)
+                rows.append(_row("pruned" + ("" if r.get("pruned_kept") else " (not kept)"), r["pruned"], n, q0))
+            rows += [_row(f"alternative: {esc(a.get('setting', a.get('name')))}", a, n, q0)
                      for a in r.get("alternatives", [])]
             body = (f"<h3>{esc(g.label)} &middot; {run_label(run)}</h3><p>{esc(s.get('sentence', ''))}</p>"
                     + table(HEADERS, rows, numeric=[False] + [True] * (len(HEADERS) - 1), stack=True))

@@ -1,0 +1,26 @@
+"""The FID a decision reads, and its change: the mean over paired sampling seeds.
+
+One FID draw on the tiny models (200 generations) moves about 10 % with the sampling seed alone
+(docs/RESULTS.md section 10), as much as the repair's 10 % guard. Every measurement of a repair
+draws the same seeds (``fid_draws``), so an edit and the unedited model are compared seed for seed
+and the guard reads the mean. Plain numbers, no torch: the report reads the same figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def mean_fid(q: dict[str, Any]) -> float:
+    """The mean FID over the sampling seeds drawn (``fid_draws``), else the one draw (``fid``)."""
+    draws = q.get("fid_draws")
+    return sum(draws) / len(draws) if draws else float(q["fid"])
+
+
+def relative_fid(q: dict[str, Any], q0: dict[str, Any]) -> float:
+    """Relative FID increase of ``q`` over ``q0``: the means over the same seeds when both drew them, else
+    one draw each (a measurement journalled before the draws, or ``--quality-draws 1``)."""
+    if len(q.get("fid_draws") or []) != len(q0.get("fid_draws") or []):
+        q, q0 = {"fid": q["fid"]}, {"fid": q0["fid"]}
+    a, b = mean_fid(q), mean_fid(q0)
+    return (a - b) / b if b else float("inf")

@@ -1,0 +1,23 @@
+"""The repair's quality guard reads the mean FID over the same sampling seeds, seed for seed."""
+
+from __future__ import annotations
+
+import pytest
+
+from iarmem.quality_guard import mean_fid, relative_fid
+
+
+def test_the_change_is_between_means_over_the_same_seeds() -> None:
+    before = {"fid": 3.0, "fid_draws": [3.0, 2.0, 4.0]}  # mean 3.0
+    edit = {"fid": 4.2, "fid_draws": [4.2, 2.1, 3.3]}  # one unlucky first draw; mean 3.2
+    assert mean_fid(edit) == pytest.approx(3.2)
+    assert relative_fid(edit, before) == pytest.approx(0.2 / 3.0)  # the first draws alone would read +40 %
+    assert relative_fid(before, before) == 0.0
+
+
+def test_one_draw_each_when_the_draws_do_not_pair() -> None:
+    before = {"fid": 2.0, "fid_draws": [2.0, 2.5, 1.5]}
+    old = {"fid": 2.2}  # a measurement journalled before every measurement drew its seeds
+    assert mean_fid(old) == 2.2 and relative_fid(old, before) == pytest.approx(0.1)
+    assert relative_fid({"fid": 2.2, "fid_draws": [2.2, 9.0]}, before) == pytest.approx(0.1)
+    assert relative_fid({"fid": 1.0}, {"fid": 0.0}) == float("inf")
