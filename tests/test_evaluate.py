@@ -151,7 +151,9 @@ def test_the_repair_s_quality_noise_draws_other_sampling_seeds_against_the_same_
     assert m["quality"]["fid_draws"] == n["fid"]  # the same seeds as the noise floor, in order
     units = ctx.units(np.array([3, 600, 1100]))
     with repair.temporary_edit(iar, units, "exact", 0.0):
-        edited = [quality(ctx, seed=s)["fid"] for s in (4, 5, 6)]
-    assert edited != n["fid"] and measure(ctx, np.array([3, 600, 1100]))["quality"]["fid_draws"] == edited
+        edited = [quality(ctx, seed=s) for s in (4, 5, 6)]
+    q = measure(ctx, np.array([3, 600, 1100]))["quality"]
+    assert [e["fid"] for e in edited] != n["fid"] and q["fid_draws"] == [e["fid"] for e in edited]
+    assert q["class_accuracy_draws"] == [e["class_accuracy"] for e in edited]
     monkeypatch.setattr(repair, "quality", lambda *_a, **_k: pytest.fail("redrawn"))
     assert quality_noise(ctx, m, 3)["fid"] == n["fid"]  # read from the measurement, not drawn again

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iarmem.quality_guard import mean_fid, relative_fid
+from iarmem.quality_guard import mean_fid, mean_of, relative_fid
 
 
 def test_the_change_is_between_means_over_the_same_seeds() -> None:
@@ -21,3 +21,10 @@ def test_one_draw_each_when_the_draws_do_not_pair() -> None:
     assert mean_fid(old) == 2.2 and relative_fid(old, before) == pytest.approx(0.1)
     assert relative_fid({"fid": 2.2, "fid_draws": [2.2, 9.0]}, before) == pytest.approx(0.1)
     assert relative_fid({"fid": 1.0}, {"fid": 0.0}) == float("inf")
+
+
+def test_class_accuracy_is_read_as_its_mean_over_the_draws_too() -> None:
+    assert mean_of({"class_accuracy": 0.9, "class_accuracy_draws": [0.9, 0.8, 0.7]}, "class_accuracy") == \
+        pytest.approx(0.8)
+    assert mean_of({"class_accuracy": 0.9}, "class_accuracy") == 0.9
+    assert mean_of({"fid": 2.0}, "class_accuracy") is None

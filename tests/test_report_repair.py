@@ -34,9 +34,11 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     for m, draws in ((record["before"], [2.0, 2.3, 1.9]), (record["rounds"][1], [2.2, 2.9, 2.5]),
                      (record["final"], [2.2, 2.9, 2.5])):
         m["quality"]["fid_draws"] = draws
+    record["final"]["quality"]["class_accuracy_draws"] = [0.9, 0.8, 0.7]  # read as its mean, 0.8
     summary = _summary(record) | {"model": {"spec": "runs/var", "family": "var"}}
     assert summary["extracted_after"] == 0 and abs(summary["relative_fid"] - (7.6 / 6.2 - 1)) < 1e-9
     assert summary["fid_before"] == sum([2.0, 2.3, 1.9]) / 3 and summary["fid_draws"] == 3
+    assert abs(summary["class_accuracy_after"] - 0.8) < 1e-9 and summary["class_accuracy_before"] == 0.9
     write_json(out / "repair.json", record)
     write_json(out / "summary.json", summary)
     run.finish(["repair.json", "summary.json"], {})

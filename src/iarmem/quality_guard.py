@@ -11,10 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 
+def mean_of(q: dict[str, Any], key: str) -> float | None:
+    """The mean of ``key`` over the sampling seeds drawn (``KEY_draws``), else the one draw (None if absent)."""
+    draws = q.get(f"{key}_draws")
+    if draws:
+        return sum(draws) / len(draws)
+    return None if q.get(key) is None else float(q[key])
+
+
 def mean_fid(q: dict[str, Any]) -> float:
     """The mean FID over the sampling seeds drawn (``fid_draws``), else the one draw (``fid``)."""
-    draws = q.get("fid_draws")
-    return sum(draws) / len(draws) if draws else float(q["fid"])
+    m = mean_of(q, "fid")
+    if m is None:
+        raise KeyError("a quality record without fid")
+    return m
 
 
 def relative_fid(q: dict[str, Any], q0: dict[str, Any]) -> float:

@@ -58,6 +58,7 @@ from iarmem.tokens import load_views
 
 ALTERNATIVES = ("random", "paper", "noise", "unlearn")
 QUALITY_KEYS = ("fid", "kid_mean", "precision", "recall", "class_accuracy")
+DRAWN_KEYS = ("fid", "class_accuracy")  # recorded per sampling seed (``KEY_draws``); decisions read their means
 JOURNAL_FILE = "repair_steps.json"
 
 
@@ -199,7 +200,9 @@ def measure(ctx: RepairContext, flat: np.ndarray | None = None, *, edit: str = "
         leak = strong_leak(ctx, noise)
         q = quality(ctx, noise)
         if ctx.quality_seeds:
-            q["fid_draws"] = [q["fid"]] + [quality(ctx, noise, seed=s)["fid"] for s in ctx.quality_seeds]
+            more = [quality(ctx, noise, seed=s) for s in ctx.quality_seeds]
+            for key in DRAWN_KEYS:
+                q[f"{key}_draws"] = [q[key]] + [m[key] for m in more]
         # logit noise acts on sampling, not on the weights the teacher-forced loss reads: no membership there
         mia = membership(ctx) if noise == 0.0 else None
     n = 0 if flat is None else len(flat)

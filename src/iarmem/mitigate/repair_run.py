@@ -45,7 +45,7 @@ from iarmem.mitigate.write import EDIT_FILE, edit_manifest, hash_files, write_ed
 from iarmem.models.loading import is_model_folder
 from iarmem.plans import model_plan, parse_ids, select_ids
 from iarmem.progress import log
-from iarmem.quality_guard import mean_fid, relative_fid
+from iarmem.quality_guard import mean_fid, mean_of, relative_fid
 from iarmem.runs import Run, fingerprint, require_finished, start_run
 
 REPAIR_FILE = "repair.json"
@@ -277,8 +277,8 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         "fid_before": mean_fid(before["quality"]), "fid_after": mean_fid(final["quality"]) if final else None,
         "fid_draws": len(before["quality"].get("fid_draws") or [0]),
         "fid_noise_relative_std": (record.get("quality_noise") or {}).get("relative_std"),
-        "class_accuracy_before": before["quality"].get("class_accuracy"),
-        "class_accuracy_after": final["quality"].get("class_accuracy") if final else None,
+        "class_accuracy_before": mean_of(before["quality"], "class_accuracy"),
+        "class_accuracy_after": mean_of(final["quality"], "class_accuracy") if final else None,
         "alternatives": [{k: a.get(k) for k in ("name", "setting", "units", "cleaned", "of", "same_leak")}
                          | {"fid": mean_fid(a["quality"])} for a in record.get("alternatives", [])],
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iarmem.quality_guard import mean_fid, relative_fid
+from iarmem.quality_guard import mean_fid, mean_of, relative_fid
 from iarmem.report.discover import ModelGroup
 from iarmem.report.fmt import DASH, as_dict, missing, num, run_label
 from iarmem.report.html import esc, note, table
@@ -23,7 +23,7 @@ def _row(name: str, m: dict[str, Any], n: int, q0: dict[str, Any]) -> list[str]:
     return [name, f"{num(units)} ({100 * frac:.2f} %)" if isinstance(frac, (int, float)) else num(units),
             f"{len(leak.get('extracted', []))} of {n}", f"{len(leak.get('default_extracted', []))} of {n}",
             num(len(leak.get("others", []))), num(leak.get("heldout_false_positives")), _losses(m), num(fid),
-            change, num(q.get("class_accuracy"))]
+            change, num(mean_of(q, "class_accuracy"))]
 
 
 def _losses(m: dict[str, Any]) -> str:
