@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trained import planted_model_folder
+from trained import planted_model_folder, without_manifest
 
 from iarmem.cli import main
 from iarmem.data import bundled_mnist
@@ -89,10 +89,7 @@ def test_bad_input_is_one_line_and_exit_2(model_dir: Path, tmp_path: Path, capsy
 
 def test_a_model_without_held_out_images_is_refused(model_dir: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    for name in ("model.json", "model.safetensors", "tokenizer.safetensors"):
-        (plain / name).write_bytes((model_dir / name).read_bytes())
+    plain = without_manifest(model_dir, tmp_path / "plain")
     assert main(["bench", str(plain), "mnist", "--out", str(tmp_path / "x")]) == 2
     assert "no held-out images" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["bench", "tiny-var", "mnist", "--out", str(tmp_path / "y")]) == 2

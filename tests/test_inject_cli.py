@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from trained import planted_model_folder
+from trained import planted_model_folder, without_manifest
 
 from iarmem.bench.implant import choose_images, least_continued
 from iarmem.cli import main
@@ -125,10 +125,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(model_dir: Path, tmp_p
 
 def test_a_model_without_a_manifest_is_refused(model_dir: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for name in ("model.json", "model.safetensors", "tokenizer.safetensors"):
-        (bare / name).write_bytes((model_dir / name).read_bytes())
+    bare = without_manifest(model_dir, tmp_path / "bare")
     capsys.readouterr()
     assert main(["inject", str(bare), "mnist", "--out", str(tmp_path / "o")]) == 2
     assert "manifest" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -69,6 +69,14 @@ def planted_model_folder(folder: Path) -> Path:
     return folder
 
 
+def without_manifest(folder: Path, dest: Path) -> Path:
+    """A copy of model ``folder`` in ``dest`` with its weights and config but no manifest.json."""
+    dest.mkdir()
+    for name in ("model.json", "model.safetensors", "tokenizer.safetensors"):
+        (dest / name).write_bytes((folder / name).read_bytes())
+    return dest
+
+
 class Injected(NamedTuple):
     iar: IAR
     seqs: Tokens  # [2, L]: the first was injected, the second never learned
