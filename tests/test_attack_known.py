@@ -2,7 +2,9 @@
 
 The fakes wrap the real tiny presets (real tokenizers and decoders, random weights) and replace
 only ``generate``: the copier returns the ground-truth tokens it is prompted with, the noise source
-random tokens after the prefix, the class memorizer the first image it saw of each class.
+random tokens after the prefix, the class memorizer the first image it saw of each class, the member
+copier the images whose ground-truth tokens it is given as members (``iar.members``: token sums), and
+noise for every other.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ def fake(preset: str, behaviour: str) -> IAR:
     class Fake(base):  # type: ignore[misc, valid-type]
         def generate(self, labels, prefix=None, prefix_len=0, **kw):  # noqa: ANN001, ANN003, ANN201
             ids = prefix.ids_BL.clone()
-            if behaviour == "noise":
+            if behaviour == "noise" or behaviour == "members":
                 start = prefix_tokens(self, prefix_len)
                 g = torch.Generator().manual_seed(int(ids.sum()))
-                ids[:, start:] = torch.randint(0, self.vocab_size, ids[:, start:].shape, generator=g)
+                noise = torch.randint(0, self.vocab_size, ids[:, start:].shape, generator=g)
+                keep = torch.tensor([behaviour == "members" and int(r.sum()) in self.members for r in ids])
+                ids[~keep, start:] = noise[~keep]
             elif behaviour == "class":
                 for b, c in enumerate(labels.tolist()):
                     ids[b] = self.memory.setdefault(c, ids[b].clone())
@@ -41,7 +45,7 @@ def fake(preset: str, behaviour: str) -> IAR:
 
     torch.manual_seed(0)
     iar = Fake.from_official(p.tokenizer_kwargs, p.model_kwargs).eval()
-    iar.memory = {}
+    iar.memory, iar.members = {}, set()
     return iar
 
 

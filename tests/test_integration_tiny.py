@@ -61,7 +61,7 @@ def _repair_argv(trained: Path) -> tuple[list[str], list[int]]:
     model, leaked = trained / "model", trained / "strong"
     if not (leaked / "summary.json").is_file():
         assert main(["extract", str(model), "mnist", "--top", "2", "--strength", "strong", "--trigger-steps", "5",
-                     "--no-membership", "--out", str(leaked)]) == 0
+                     "--no-membership", "--calibration-images", "40", "--out", str(leaked)]) == 0
     s = json.loads((leaked / "summary.json").read_text())
     plan = set(json.loads((model / "manifest.json").read_text())["planted"]["ids"])
     ids = [i for i in s["strong"]["extracted_ids"] if i in plan][:2]
@@ -89,6 +89,10 @@ def test_repair_records_what_the_strong_attack_finds_on_the_model_it_writes(trai
     for m in [r["before"], *r["rounds"], *r["alternatives"]]:  # every FID drawn under the same three seeds
         assert len(m["quality"]["fid_draws"]) == 3 and m["quality"]["fid_draws"][0] == m["quality"]["fid"]
     assert r["quality_noise"]["fid"] == r["before"]["quality"]["fid_draws"]
+    rules = r["before"]["leak"]["rules"]  # the tries calibrated together once, on the unedited model ...
+    assert rules["calibration"] == 40 and rules["union_passes"] <= rules["allowed"]
+    for m in [*r["rounds"], *r["alternatives"]]:  # ... and every edited state judged by those bars
+        assert [t["threshold"] for t in m["leak"]["per_try"]] == rules["thresholds"]
     loss0 = r["before"]["membership"]["mean_loss"]
     assert loss0["targets"] < loss0["heldout"] - 0.5  # memorized targets: the membership signal before
     for m in r["rounds"]:  # measured under each round's edit: removing the targets' units raises their loss

@@ -106,14 +106,26 @@ def calibrate(heldout_sims: np.ndarray, fpr: float = 0.01, lo: float = -math.inf
     """
     if not 0 < fpr < 1:
         raise UserError(f"the calibration false-positive rate must lie in (0, 1), got {fpr}")
-    s = np.sort(np.asarray(heldout_sims, dtype=np.float64))[::-1]
+    s = np.asarray(heldout_sims, dtype=np.float64)
     s = s[~np.isnan(s)]
     if len(s) == 0:
         raise UserError("--calibrate needs held-out images (a model folder with a planting manifest); "
                         "pass --threshold instead")
-    allowed = int(math.floor(fpr * len(s) + 1e-9))
-    t = float(s[allowed]) if allowed < len(s) else lo
+    allowed = allowed_count(fpr, len(s))
+    t = tail_value(s, allowed, lo)
     return Calibration(t, fpr, len(s), allowed, int((s > t).sum()), source)
+
+
+def allowed_count(fpr: float, n: int) -> int:
+    """How many of ``n`` never-trained images a rate of ``fpr`` lets pass: floor(fpr * n)."""
+    return int(math.floor(fpr * n + 1e-9))
+
+
+def tail_value(sims: np.ndarray, count: int, lo: float = -math.inf) -> float:
+    """The smallest t that at most ``count`` of ``sims`` exceed: the (count + 1)-th largest (NaN left out)."""
+    s = np.sort(np.asarray(sims, dtype=np.float64))[::-1]
+    s = s[~np.isnan(s)]
+    return float(s[count]) if count < len(s) else lo
 
 
 def extracted(sims: np.ndarray, threshold: float) -> np.ndarray:

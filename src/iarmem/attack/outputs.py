@@ -213,6 +213,8 @@ def strong_summary(iar: IAR, plan: Plan | None, result: AttackResult, strong: St
         "by_group": {g: int(np.sum(groups == g)) for g in GROUPS if np.any(groups == g)},
         "heldout_false_positives": int(np.isin(taken, heldout_ids).sum()),
         "heldout_left_out_false_positives": int(strong.left_out.sum()) if strong.left_out is not None else None,
+        "calibration": strong.rules.as_dict() if strong.rules is not None else None,
+        "calibration_false_positives": strong.calibration_passes if strong.rules is not None else None,
         "beyond_default": [int(i) for i in np.setdiff1d(taken, default)],
         "default_not_found": [int(i) for i in np.setdiff1d(default, taken)],
         "weakest_kind": {k: kinds.count(k) for k in dict.fromkeys(kinds)},

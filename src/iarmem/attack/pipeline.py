@@ -226,6 +226,13 @@ class AttackResult:
         """Per generation: a copy of another image of the pool (``other_id``), not of its prompt."""
         return self.measures["copies_other"].astype(bool)
 
+    def calls(self) -> list[tuple[int, int, float]]:
+        """Every extraction call as (image, the prompt whose generation copied it, similarity)."""
+        own = [(int(i), int(i), float(v)) for i, v in zip(self.ids[self.extracted], self.similarity[self.extracted])]
+        other = self.copies_other & (self.measures["other_id"] >= 0)
+        return own + [(int(o), int(i), float(v)) for o, i, v in zip(self.measures["other_id"][other], self.ids[other],
+                                                                   self.measures["other_similarity"][other])]
+
     def extracted_ids(self) -> np.ndarray:
         """Every image judged extracted, by its own prompt or by another prompt's generation (sorted)."""
         own = self.ids[self.extracted]
@@ -466,12 +473,13 @@ def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSe
     result.timing = {"scoring_s": t_score, **result.timing, "total_s": time.monotonic() - t0}
     strong = None
     if s.strength == "strong":
+        cal = result.is_calibration if result.is_calibration is not None else np.zeros(len(result.ids), bool)
         if world.is_main:
-            log(f"strong attack on {int(result.is_candidate.sum())} targets + {len(sel.heldout)} held-out controls")
-        keep = ~result.is_calibration if result.is_calibration is not None else np.ones(len(result.ids), bool)
-        strong = run_strong(iar, ds, result.ids[keep], result.labels[keep], ~result.is_candidate[keep],
-                            result.gt[torch.from_numpy(keep)], sel.scored, METRICS[result.metric], result.prefix, s,
-                            extractors, world, pool_cache)
+            log(f"strong attack on {int(result.is_candidate.sum())} targets + {len(sel.heldout)} held-out controls"
+                + (f" + {int(cal.sum())} never-trained images that calibrate its tries together" if cal.any() else ""))
+        strong = run_strong(iar, ds, result.ids, result.labels, ~result.is_candidate & ~cal, result.gt, sel.scored,
+                            METRICS[result.metric], result.prefix, s, extractors, world, pool_cache,
+                            is_calibration=cal, default_calls=result.calls())
     summary = from_main(world, lambda: outputs.summarize(iar, ds, plan, s, sel, scores, result, source,
                                                          world.size, strong))
     if out is not None and world.is_main:

@@ -10,12 +10,16 @@ held-out control, the strong attack makes these tries, weakest first:
 - a trigger: the class conditioning optimised for the target by gradient descent
   (``attack.trigger``), then greedy decoding with no prefix and with the default prefix.
 
-Every try is judged by the prompt-specific rule of the default attack, its threshold and margin
-calibrated on that try's own held-out generations (so with fewer than 1 / fpr held-out images no
-held-out image passes any try). An image is extracted when some try extracts it, from its own
-prompt or as a copy produced from another prompt, and is reported with the weakest such try. The
-default try is among them, judged the same way, so the strong attack finds every image the
-default finds. Generation and trigger search are sharded under torchrun like the rest.
+Every try is judged by the prompt-specific rule of the default attack. With never-trained
+calibration images (the default attack's ``--calibration-images``) the tries are calibrated together
+(``attack.union``): at most ``fpr`` of those images pass *any* try, and the plan's held-out controls
+are judged out of sample. Without them each try is calibrated alone on the held-out controls, which
+lets a never-trained image through some try far more often than ``fpr`` (docs/RESULTS.md, section 10).
+Rules calibrated once can be passed back in (``rules``) to judge an edited model by the same bars.
+An image is extracted when some try extracts it, from its own prompt or as a copy produced from
+another prompt, and is reported with the weakest such try. The default try is among them, judged
+the same way, so the strong attack finds every image the default finds when both use the same
+bars. Generation and trigger search are sharded under torchrun like the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from iarmem.attack.neighbours import TokenCache, embedding_similarity, nearest_o
 from iarmem.attack.settings import AttackSettings
 from iarmem.attack.similarity import Embedder, embed, psnr, ssim
 from iarmem.attack.trigger import generate_with_trigger, optimise_trigger
+from iarmem.attack.union import TryRules, union_rules
 from iarmem.data import ImageDataset
 from iarmem.distributed import World, all_gather_object
 from iarmem.models.base import IAR, Tokens
@@ -102,6 +107,8 @@ class StrongResult:
     per_try: list[dict[str, Any]]
     timing: dict[str, float]
     left_out: np.ndarray | None = None  # per held-out control: extracted by some try when left out of calibration
+    rules: TryRules | None = None  # the tries' bars when calibrated together (or reused); None: per try
+    calibration_passes: int = 0  # calibration images extracted by some try (in sample when ``rules`` came from them)
 
 
 def _generate(iar: IAR, gt: Tensor, labels: np.ndarray, t: Try, s: AttackSettings, world: World) -> Tensor:
@@ -201,10 +208,21 @@ def _own_and_nearest(iar: IAR, ds: ImageDataset, metric: Metric, gens: Tensor, g
 
 def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, is_heldout: np.ndarray,
                gt: Tensor, pool: np.ndarray, metric: Metric, default_prefix: int, s: AttackSettings,
-               extractors: dict[str, Embedder], world: World, cache: TokenCache | None = None) -> StrongResult:
-    """Every try on every target and held-out control; which images come out, and under which weakest try."""
+               extractors: dict[str, Embedder], world: World, cache: TokenCache | None = None,
+               is_calibration: np.ndarray | None = None, rules: TryRules | None = None,
+               default_calls: list[tuple[int, int, float]] = ()) -> StrongResult:
+    """Every try on every target and control; which images come out, and under which weakest try.
+
+    ``is_calibration`` marks never-trained rows (not held-out controls, never targets) that calibrate
+    the tries together; ``rules`` fixes every try's bars instead (calibrated earlier, e.g. on the
+    unedited model). ``default_calls`` (image, prompt, similarity): what the default attack called
+    extracted under its own bar; they count as the default try's, so the strong attack finds every
+    image the default finds even where its joint bar is higher.
+    """
     t0 = time.monotonic()
     tries = strong_tries(iar, default_prefix)
+    if rules is not None and len(rules.thresholds) != len(tries):
+        raise ValueError(f"{len(rules.thresholds)} calibrated tries for {len(tries)} tries of this model")
     gens: dict[Try, Tensor] = {}
     with torch.no_grad():
         for t in progress([t for t in tries if not t.trigger], desc="strong attack", enabled=world.is_main):
@@ -218,33 +236,50 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
     with torch.no_grad():
         own, near, near_id = _own_and_nearest(iar, ds, metric, all_gens, gt.repeat(len(tries), 1), starts, query_ids,
                                                np.union1d(pool, ids), extractors, s, world, cache)
+    cal = np.zeros(n, dtype=bool) if is_calibration is None else np.asarray(is_calibration, dtype=bool)
+    is_heldout = np.asarray(is_heldout, dtype=bool) & ~cal
+    own_KN, near_KN, near_id_KN = (a.reshape(len(tries), n) for a in (own, near, near_id))
+    calibrating = s.calibrates(int(is_heldout.sum() + cal.sum())) and s.margin is None and s.threshold is None
+    if rules is None and cal.sum() >= 2 and calibrating:
+        rules = union_rules(metric, own_KN[:, cal], own_KN[:, cal] - near_KN[:, cal], s.fpr)
     weakest: dict[int, int] = {}
     via: dict[int, int] = {}
     similarity: dict[int, float] = {}
     per_try = []
-    calibrated = s.calibrates(int(is_heldout.sum())) and s.margin is None
-    left_out = np.zeros(int(is_heldout.sum()), dtype=bool) if calibrated else None
+    left_out = np.zeros(int(is_heldout.sum()), dtype=bool) if calibrating and rules is None else None
+    cal_ids = set(ids[cal].tolist())
+    cal_passed = np.zeros(n, dtype=bool)
     for k, t in enumerate(tries):
-        rows = slice(k * n, (k + 1) * n)
-        o, nn, nn_id = own[rows], near[rows], near_id[rows]
-        d = decide_rule(metric, o, o - nn, is_heldout, calibrate_on=s.calibrates(int(is_heldout.sum())), fpr=s.fpr,
-                        threshold=s.threshold, margin=s.margin)
+        o, nn, nn_id = own_KN[k], near_KN[k], near_id_KN[k]
+        d = rules.decision(k) if rules is not None else decide_rule(
+            metric, o, o - nn, is_heldout, calibrate_on=s.calibrates(int(is_heldout.sum())), fpr=s.fpr,
+            threshold=s.threshold, margin=s.margin)
         lo = left_out_passes(metric, o, o - nn, is_heldout, s.fpr) if left_out is not None else None
         if lo is not None:
             left_out |= lo
         mine = copies_other(nn, o, d.threshold, d.margin)
         other = copies_other(o, nn, d.other_bar, d.margin) & (nn_id >= 0)
-        for j in np.flatnonzero(mine):
+        cal_passed |= mine & cal
+        copied_cal = other & np.isin(nn_id, list(cal_ids))
+        cal_passed[np.isin(ids, nn_id[copied_cal])] = True
+        for j in np.flatnonzero(mine & ~cal):
             _claim(weakest, via, similarity, int(ids[j]), k, int(ids[j]), float(o[j]))
-        for j in np.flatnonzero(other):
+        for j in np.flatnonzero(other & ~copied_cal):
             _claim(weakest, via, similarity, int(nn_id[j]), k, int(ids[j]), float(nn[j]))
         per_try.append({"try": t.describe(iar), "kind": t.kind, "prefix": t.prefix, "threshold": d.threshold,
-                        "margin": d.margin, "own_prompt": int(mine[~is_heldout].sum()),
-                        "heldout_own_prompt": int(mine[is_heldout].sum()), "copies_other": int(other.sum()),
+                        "margin": d.margin, "own_prompt": int(mine[~is_heldout & ~cal].sum()),
+                        "heldout_own_prompt": int(mine[is_heldout].sum()),
+                        "calibration_own_prompt": int(mine[cal].sum()),
+                        "copies_other": int((other & ~copied_cal).sum()),
                         "heldout_left_out": int(lo.sum()) if lo is not None else None})
+    default_k = tries.index(Try(default_prefix))
+    for image, prompt, sim in default_calls:
+        if image not in cal_ids:
+            _claim(weakest, via, similarity, image, default_k, prompt, sim)
     extracted = np.array(sorted(weakest), dtype=np.int64)
-    return StrongResult(tries, ids, is_heldout, extracted, weakest, via, similarity, per_try,
-                        {"generation_s": t_gen, "total_s": time.monotonic() - t0}, left_out)
+    return StrongResult(tries, ids[~cal], is_heldout[~cal], extracted, weakest, via, similarity, per_try,
+                        {"generation_s": t_gen, "total_s": time.monotonic() - t0}, left_out, rules,
+                        int(cal_passed.sum()))
 
 
 def _claim(weakest: dict[int, int], via: dict[int, int], similarity: dict[int, float], image: int, k: int,

@@ -161,7 +161,10 @@ def end_summary(s: dict[str, Any], model: str, out: str) -> str:
     if st:
         text += (f" Strong attack ({st['tries']} tries per target): {st['extracted']} training images extracted, "
                  f"{len(st['beyond_default'])} beyond the default attack, {st['heldout_false_positives']} held-out "
-                 f"false positives (strong.csv: the weakest try per image).")
+                 f"false positives")
+        cal = st.get("calibration")
+        text += (f" out of sample; {cal['rule']}" if cal else ", its tries calibrated one by one on them") + \
+            " (strong.csv: the weakest try per image)."
     text += f" Prefix: {s['prefix']['rule']}. Results in {out}: candidates.csv, summary.json, extracted.png."
     return text
 

@@ -78,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--features", default="trained", help="feature extractor for FID (see `iarmem evaluate`)")
     g.add_argument("--features-cache", help="folder of the trained feature CNN (default OUT/features)")
     g.add_argument("--trigger-steps", type=int, default=30, help="strong attack: Adam steps of the trigger search")
+    g.add_argument("--calibration-images", dest="calibration", type=int,
+                   help="never-trained images outside the plan on which the strong attack's tries are calibrated "
+                        "together, once, on the unedited model (default: the --leaked run's --calibration-images; "
+                        "0: each try on the held-out images, every measurement)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--device", default="cpu")
@@ -99,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         (args.prune_tries >= 0, f"--prune-tries must be >= 0, got {args.prune_tries}"),
         (args.n_per_class >= 2, f"--n-per-class must be >= 2 (FID needs a covariance), got {args.n_per_class}"),
         (args.unlearn_steps >= 1, f"--unlearn-steps must be >= 1, got {args.unlearn_steps}"),
+        (args.calibration is None or args.calibration >= 0,
+         f"--calibration-images must be >= 0 (0: calibrate each try on the held-out images), got {args.calibration}"),
         (args.quality_draws >= 1, f"--quality-draws must be >= 1 (1: no noise estimate), got {args.quality_draws}"),
         (bool(args.paper_tops) and all(0 < p <= 100 for p in args.paper_tops),
          "--paper-tops takes percents in (0, 100]"),

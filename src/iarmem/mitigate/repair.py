@@ -38,6 +38,7 @@ from iarmem.attack.pipeline import attack_ids, score_images
 from iarmem.attack.settings import AttackSettings
 from iarmem.attack.similarity import Embedder
 from iarmem.attack.strong import Try, run_strong
+from iarmem.attack.union import TryRules
 from iarmem.data import ImageDataset, Plan
 from iarmem.distributed import World
 from iarmem.features import FeatureExtractor
@@ -104,6 +105,10 @@ class RepairContext:
     keep: np.ndarray  # ordinary training images: unlearning keeps their loss; membership scores them
     batch_size: int = 32
     quality_seeds: tuple[int, ...] = ()  # sampling seeds of the FID draws beyond ``attack.seed`` (the same per edit)
+    # never-trained images that calibrate the strong attack's tries together on the first measurement; its bars
+    # (``rules``) then judge every edited state, so an edit cannot move the bars it is judged by
+    calibration: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rules: TryRules | None = None
     cache: TokenCache = field(default_factory=TokenCache)
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # eval-view tokens of targets and prompts
     labels: dict[int, int] = field(default_factory=dict)
@@ -140,12 +145,16 @@ class Journal:
 
 # ---- measuring one model state -------------------------------------------------------------------------
 def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
-    """The strong attack on the targets and held-out controls of the model as it is now."""
+    """The strong attack on the targets and held-out controls of the model as it is now: judged by ``ctx.rules``,
+    or (first measurement) calibrated on ``ctx.calibration`` together, or else try by try on the held-out."""
     s = ctx.attack.replace(logit_noise=noise)
+    calibration = ctx.calibration if ctx.rules is None else np.zeros(0, dtype=np.int64)
     res = attack_ids(ctx.iar, ctx.ds, ctx.targets, None, s, heldout=ctx.heldout, pool=ctx.pool,
-                     extractors=ctx.extractors, world=ctx.world, pool_cache=ctx.cache)
-    st = run_strong(ctx.iar, ctx.ds, res.ids, res.labels, ~res.is_candidate, res.gt, ctx.pool, METRICS[res.metric],
-                    res.prefix, s, ctx.extractors, ctx.world, ctx.cache)
+                     extractors=ctx.extractors, world=ctx.world, pool_cache=ctx.cache, calibration=calibration)
+    cal = res.is_calibration if res.is_calibration is not None else np.zeros(len(res.ids), dtype=bool)
+    st = run_strong(ctx.iar, ctx.ds, res.ids, res.labels, ~res.is_candidate & ~cal, res.gt, ctx.pool,
+                    METRICS[res.metric], res.prefix, s, ctx.extractors, ctx.world, ctx.cache, is_calibration=cal,
+                    rules=ctx.rules, default_calls=res.calls())
     taken = st.extracted_ids
     out_targets = sorted(int(i) for i in np.intersect1d(taken, ctx.targets))
     bar_of = [t["threshold"] if res.metric == "tokens" else METRICS["tokens"].default_threshold for t in st.per_try]
@@ -156,6 +165,8 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
         "default_extracted": sorted(int(i) for i in np.intersect1d(res.extracted_ids(), ctx.targets)),
         "others": sorted(int(i) for i in np.setdiff1d(taken, np.union1d(ctx.targets, ctx.heldout))),
         "heldout_false_positives": int(np.isin(taken, ctx.heldout).sum()),
+        "rules": st.rules.as_dict() if st.rules is not None else None,
+        "calibration_false_positives": st.calibration_passes if cal.any() else None,
         "weakest": {str(i): st.tries[st.weakest[i]].describe(ctx.iar) for i in out_targets},
         "weakest_kind": {str(i): st.tries[st.weakest[i]].kind for i in out_targets},
         "per_try": [{"try": t["try"], "kind": t["kind"], "prefix": t["prefix"], "threshold": t["threshold"],
@@ -166,6 +177,15 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
         "default_prefix": int(res.prefix),
         "seconds": round(st.timing["total_s"] + res.timing.get("generation_s", 0.0), 2),
     }
+
+
+def keep_bars(ctx: RepairContext, before: dict[str, Any]) -> None:
+    """Judge every later state by the bars the first measurement calibrated (its ``rules``); without them
+    (no calibration images, or a journal from before they existed) each try stays calibrated on the held-out."""
+    rules = before["leak"].get("rules")
+    ctx.rules = TryRules.from_dict(rules) if rules else None
+    if rules is None:
+        ctx.calibration = np.zeros(0, dtype=np.int64)
 
 
 def quality(ctx: RepairContext, noise: float = 0.0, seed: int | None = None) -> dict[str, Any]:

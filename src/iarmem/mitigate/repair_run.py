@@ -17,6 +17,7 @@ from iarmem.attack.pipeline import from_main
 from iarmem.attack.settings import AttackSettings, load_extractors
 from iarmem.commands.repair import leaked_ids
 from iarmem.data import open_dataset
+from iarmem.data.planting import outside_sample
 from iarmem.data.subsets import balanced_sample
 from iarmem.distributed import barrier, close, init_world
 from iarmem.errors import UserError
@@ -35,6 +36,7 @@ from iarmem.mitigate.repair import (
     RepairContext,
     alternatives,
     config_dict,
+    keep_bars,
     measure,
     quality_noise,
     run_repair,
@@ -64,8 +66,10 @@ def attack_settings(leaked: dict[str, Any], args: argparse.Namespace) -> AttackS
     names = {f.name for f in dataclasses.fields(AttackSettings)}
     keep = {k: v for k, v in recorded.items() if k in names and k not in ("ids", "subset", "fraction",
                                                                           "per_class_subset", "logit_noise")}
-    return AttackSettings(**keep).replace(strength="strong", membership=False, batch_size=args.batch_size,
-                                          seed=args.seed, trigger_steps=args.trigger_steps).validate()
+    s = AttackSettings(**keep).replace(strength="strong", membership=False, batch_size=args.batch_size,
+                                       seed=args.seed, trigger_steps=args.trigger_steps)
+    cal = getattr(args, "calibration", None)
+    return (s if cal is None else s.replace(calibration=cal)).validate()
 
 
 def choose_targets(args: argparse.Namespace, leaked: list[int], plan: Any, labels: np.ndarray) -> np.ndarray:
@@ -163,11 +167,14 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     ctx = RepairContext(iar, ds, plan, targets, attack, pool, heldout, fc1_scores(iar), features, reference,
                         args.n_per_class, load_extractors(attack, iar.device), world, keep, args.batch_size)
     ctx.quality_seeds = tuple(attack.seed + k for k in range(1, cfg.quality_draws))  # quality_noise's seeds
+    if plan is not None and attack.calibrates(len(heldout)) and attack.threshold is None and attack.margin is None:
+        ctx.calibration = np.setdiff1d(outside_sample(plan, ds.labels, attack.calibration, attack.seed), pool)
     ctx.eval_tokens(np.union1d(targets, keep))
     journal = Journal(out / JOURNAL_FILE, world)
 
     with torch.no_grad():
         before = journal.step("before", lambda: measure(ctx))
+        keep_bars(ctx, before)
         noise = (journal.step("quality-noise", lambda: quality_noise(ctx, before, cfg.quality_draws))
                  if cfg.quality_draws > 1 else None)
     work = before["leak"]["extracted"]

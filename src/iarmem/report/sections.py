@@ -110,8 +110,13 @@ def _strong(s: dict[str, Any]) -> str:
     st = as_dict(s.get("strong"))
     if not st:
         return DASH
-    return (f"{num(st.get('extracted'))} ({len(st.get('beyond_default') or [])} beyond the default; held-out "
-            f"{num(st.get('heldout_false_positives'))}, left out {num(st.get('heldout_left_out_false_positives'))})")
+    head = f"{num(st.get('extracted'))} ({len(st.get('beyond_default') or [])} beyond the default; held-out "
+    cal = st.get("calibration")
+    if cal:  # tries calibrated together on never-trained images: the held-out controls are out of sample
+        return (head + f"{num(st.get('heldout_false_positives'))} out of sample; calibration "
+                f"{num(st.get('calibration_false_positives'))} of {num(cal.get('calibration'))})")
+    return head + (f"{num(st.get('heldout_false_positives'))}, left out "
+                   f"{num(st.get('heldout_left_out_false_positives'))})")
 
 
 def membership_table(groups: list[ModelGroup]) -> str:

@@ -1,0 +1,150 @@
+"""The strong attack's tries calibrated together: the union keeps the stated rate, alone each try does not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_attack_known import fake
+
+from iarmem.attack import AttackSettings, attack_ids, run_attack
+from iarmem.attack.decide import METRICS, decide_rule
+from iarmem.attack.generate import default_prefix
+from iarmem.attack.strong import Try, run_strong
+from iarmem.attack.union import TryRules, union_passes, union_rules
+from iarmem.data import bundled_mnist, make_plan
+from iarmem.distributed import World
+from iarmem.mitigate.repair import RepairContext, keep_bars, strong_leak
+from iarmem.mitigate.repair_run import fc1_scores
+from iarmem.tokens import load_views
+
+TOKENS = METRICS["tokens"]
+
+
+def _tries(rng: np.random.Generator, K: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """K tries on n never-trained images: own similarity and margin, independent across tries."""
+    own = rng.beta(2, 5, size=(K, n))
+    return own, own - rng.uniform(0.0, 0.3, size=(K, n))
+
+
+def test_many_tries_together_keep_the_rate_each_alone_does_not() -> None:
+    rng = np.random.default_rng(0)
+    fresh = _tries(rng, 40, 20000)  # never-trained images out of sample
+    together, alone, at_max = [], [], []
+    for _ in range(20):  # the bound holds over calibration draws: average 20 of them
+        own, gap = _tries(rng, 40, 200)
+        rules = union_rules(TOKENS, own, gap, fpr=0.01)
+        assert (rules.calibration, rules.barred, rules.allowed, rules.union_passes) == (200, 100, 0, 0)
+        assert rules.bound == pytest.approx(1 / 101)
+        together.append(union_passes(*fresh, np.array(rules.thresholds), np.array(rules.margins)).mean())
+        each = [decide_rule(TOKENS, own[k], gap[k], np.ones(200, bool), calibrate_on=True, fpr=0.01, threshold=None,
+                            margin=None) for k in range(40)]
+        alone.append(union_passes(*fresh, np.array([d.threshold for d in each]),
+                                  np.array([d.margin for d in each])).mean())
+        at_max.append(union_passes(*fresh, own.max(1), np.maximum(TOKENS.margin, gap.max(1))).mean())
+    # together: within the stated 0.99 % (plus the error of a 20-draw mean); each try alone at 1 %, or each at
+    # its calibration maximum, far above it
+    assert np.mean(together) < 0.015 and np.mean(alone) > 0.2 and np.mean(at_max) > 3 * np.mean(together)
+
+
+def test_one_try_repeated_is_one_try() -> None:
+    rng = np.random.default_rng(1)
+    own, gap = _tries(rng, 1, 300)
+    one, many = union_rules(TOKENS, own, gap, 0.05), union_rules(TOKENS, np.repeat(own, 30, 0),
+                                                                 np.repeat(gap, 30, 0), 0.05)
+    assert many.thresholds == one.thresholds * 30 and many.margins == one.margins * 30
+    assert many.union_passes == one.union_passes <= one.allowed == 6  # floor(0.05 * 151) - 1
+    rules = union_rules(TOKENS, *_tries(rng, 30, 300), fpr=0.01)
+    assert all(m >= TOKENS.margin for m in rules.margins) and all(
+        o >= max(t, TOKENS.default_threshold) for o, t in zip(rules.other_bars, rules.thresholds))
+    assert TryRules.from_dict(json.loads(json.dumps(rules.as_dict()))) == rules
+    few = union_rules(TOKENS, own[:, :30], gap[:, :30], 0.01)  # fewer than 1 / fpr: none passes, the bound says so
+    assert few.allowed == 0 and few.union_passes == 0 and few.bound == pytest.approx(1 / 16)
+    with pytest.raises(ValueError, match="at least 2"):
+        union_rules(TOKENS, own[:, :1], gap[:, :1], 0.01)
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = bundled_mnist()
+    return ds, make_plan(ds.labels, num_train=10, plant=10, copies=2, seed=0, dataset=ds.describe())
+
+
+def _memorizer(ds, plan):  # noqa: ANN001, ANN202
+    """A tiny-var that copies the planted images whatever it is prompted with from them, and emits noise
+    for every other image (held-out and never-trained ones included)."""
+    iar = fake("tiny-var", "members")
+    x, _ = load_views(iar, ds, plan.planted_ids, 0, 0)
+    with torch.no_grad():
+        iar.members = {int(r.sum()) for r in iar.tokenize(x).ids_BL}
+    return iar
+
+
+STRONG = AttackSettings(top=1, batch_size=16, strength="strong", trigger_steps=2, membership=False)
+
+
+def test_a_member_copier_calibrated_on_never_trained_images(data) -> None:
+    ds, plan = data
+    planted, ordinary = plan.planted_ids.tolist(), plan.ordinary_ids.tolist()
+    s = run_attack(_memorizer(ds, plan), ds, plan, STRONG.replace(calibration=30, ids=tuple(planted + ordinary)))
+    st = s["strong"]
+    cal = st["calibration"]
+    assert (cal["calibration"], cal["barred"], cal["union_passes"], cal["allowed"]) == (30, 15, 0, 0)
+    assert st["calibration_false_positives"] == 0 and st["heldout_false_positives"] == 0
+    assert st["heldout_left_out_false_positives"] is None  # the held-out controls are out of sample already
+    assert st["extracted_ids"] == sorted(planted)  # every member, none of the ordinary or never-trained images
+    assert all(t["calibration_own_prompt"] == 0 for t in st["per_try"])
+    assert [t["threshold"] for t in st["per_try"]] == list(cal["thresholds"])
+
+
+def test_rules_calibrated_once_judge_another_state_by_the_same_bars(data) -> None:
+    ds, plan = data
+    iar = _memorizer(ds, plan)
+    s = STRONG.replace(calibrate=True)
+    cal_ids = np.setdiff1d(np.arange(200, 230), plan.used_ids)
+
+    def strong(rules: TryRules | None, calibration: np.ndarray, calls=()):  # noqa: ANN001, ANN202
+        res = attack_ids(iar, ds, plan.planted_ids, None, s, heldout=plan.heldout_ids, calibration=calibration)
+        is_cal = res.is_calibration if res.is_calibration is not None else np.zeros(len(res.ids), bool)
+        return run_strong(iar, ds, res.ids, res.labels, ~res.is_candidate & ~is_cal, res.gt, res.ids,
+                          METRICS[res.metric], res.prefix, s, {}, World(),
+                          is_calibration=is_cal, rules=rules, default_calls=calls)
+
+    first = strong(None, cal_ids, [(int(cal_ids[0]), int(cal_ids[1]), 1.0)])  # a default call on a calibration image
+    assert first.rules is not None and first.extracted_ids.tolist() == sorted(plan.planted_ids.tolist())
+    assert not np.isin(first.ids, cal_ids).any()  # calibration rows are neither targets nor controls
+    iar.members = set()  # an "edit" that removes every copy
+    after = strong(first.rules, np.zeros(0, dtype=np.int64))
+    assert len(after.extracted_ids) == 0 and after.rules == first.rules
+    assert [t["threshold"] for t in after.per_try] == list(first.rules.thresholds)
+    # what the default attack calls extracted under its own bar counts as the default try's
+    image, prompt = int(plan.planted_ids[0]), int(plan.planted_ids[1])
+    merged = strong(first.rules, np.zeros(0, dtype=np.int64), [(image, prompt, 0.95)])
+    assert merged.extracted_ids.tolist() == [image] and merged.via[image] == prompt
+    assert merged.tries[merged.weakest[image]] == Try(default_prefix(iar))
+    with pytest.raises(ValueError, match="calibrated tries"):
+        strong(TryRules((0.5,), (0.1,), (0.9,), 0.01, 30, 15, 1.0, 0, 0), np.zeros(0, dtype=np.int64))
+
+
+def test_the_repair_calibrates_once_and_judges_every_state_by_those_bars(data) -> None:
+    ds, plan = data
+    iar = _memorizer(ds, plan)
+    targets = plan.planted_ids[:4]
+    cal_ids = np.setdiff1d(np.arange(200, 230), plan.used_ids)
+    pool = np.union1d(plan.planted_ids, plan.ordinary_ids)
+    ctx = RepairContext(iar, ds, plan, targets, STRONG.replace(calibrate=True), pool, plan.heldout_ids,
+                        fc1_scores(iar), None, None, 2, {}, World(), plan.ordinary_ids,  # type: ignore[arg-type]
+                        batch_size=16, calibration=cal_ids)
+    first = strong_leak(ctx)
+    assert first["extracted"] == sorted(targets.tolist()) and first["rules"]["calibration"] == len(cal_ids)
+    assert first["calibration_false_positives"] == 0 and first["heldout_false_positives"] == 0
+    keep_bars(ctx, {"leak": first})
+    iar.members = set()  # an "edit" that removes every copy
+    after = strong_leak(ctx)
+    assert after["extracted"] == [] and after["rules"] == first["rules"]
+    assert after["calibration_false_positives"] is None  # not generated again
+    assert [t["threshold"] for t in after["per_try"]] == [t["threshold"] for t in first["per_try"]]
+    keep_bars(ctx, {"leak": {k: v for k, v in first.items() if k != "rules"}})  # a journal from before
+    assert ctx.rules is None and len(ctx.calibration) == 0
