@@ -35,6 +35,7 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
                      (record["final"], [2.2, 2.9, 2.5])):
         m["quality"]["fid_draws"] = draws
     record["final"]["quality"]["class_accuracy_draws"] = [0.9, 0.8, 0.7]  # read as its mean, 0.8
+    record["before"]["leak"]["rules"] = {"calibration": 200, "bound": 1 / 101}  # the bars set once
     summary = _summary(record) | {"model": {"spec": "runs/var", "family": "var"}}
     assert summary["extracted_after"] == 0 and abs(summary["relative_fid"] - (7.6 / 6.2 - 1)) < 1e-9
     assert summary["fid_before"] == sum([2.0, 2.3, 1.9]) / 3 and summary["fid_draws"] == 3
@@ -51,3 +52,8 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     assert "1.9 / 1 / 2" in html and "0.1 / 1 / 2" in html
     assert "under 3 sampling seeds" in html and "a relative std of 10.4 %" in html  # the guard's noise floor
     assert summary["fid_noise_relative_std"] == 0.104
+    assert "calibrated together once, on the unedited model, on 200 never-trained images" in html
+    assert "chance &lt;= 0.99 %" in html and "held-out false positives are out of sample" in html
+    del record["before"]["leak"]["rules"]  # a repair whose tries were calibrated on the held-out at every row
+    write_json(out / "repair.json", record)
+    assert "the held-out false positives are in sample" in build_report([str(tmp_path)])

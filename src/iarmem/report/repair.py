@@ -44,6 +44,18 @@ def _noise(r: dict[str, Any]) -> str:
             "change within that moves with the seed alone.")
 
 
+def _bars(r: dict[str, Any]) -> str:
+    """How the strong attack's bars were set: once, on the unedited model, or try by try at every row."""
+    rules = as_dict(as_dict(as_dict(r.get("before")).get("leak")).get("rules"))
+    if not rules:
+        return ("The strong attack's tries were calibrated one by one on the held-out controls at every row, so "
+                "the held-out false positives are in sample.")
+    return (f"The strong attack's tries were calibrated together once, on the unedited model, on "
+            f"{num(rules.get('calibration'))} never-trained images (a never-trained image passes some try with "
+            f"chance <= {100 * float(rules.get('bound', 0.0)):.2f} %), and every row is judged by those bars; the "
+            f"held-out false positives are out of sample.")
+
+
 def repair_section(groups: list[ModelGroup]) -> str:
     parts = []
     for g in groups:
@@ -64,6 +76,7 @@ def repair_section(groups: list[ModelGroup]) -> str:
                      for a in r.get("alternatives", [])]
             body = (f"<h3>{esc(g.label)} &middot; {run_label(run)}</h3><p>{esc(s.get('sentence', ''))}</p>"
                     + table(HEADERS, rows, numeric=[False] + [True] * (len(HEADERS) - 1), stack=True))
+            body += note(esc(_bars(r)))
             if extra := _noise(r):
                 body += note(esc(extra))
             parts.append(body)
