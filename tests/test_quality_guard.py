@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iarmem.quality_guard import mean_fid, mean_of, relative_fid
+from iarmem.quality_guard import mean_fid, mean_of, paired_change, relative_fid
 
 
 def test_the_change_is_between_means_over_the_same_seeds() -> None:
@@ -28,3 +28,12 @@ def test_class_accuracy_is_read_as_its_mean_over_the_draws_too() -> None:
         pytest.approx(0.8)
     assert mean_of({"class_accuracy": 0.9}, "class_accuracy") == 0.9
     assert mean_of({"fid": 2.0}, "class_accuracy") is None
+
+
+def test_a_paired_change_comes_with_its_standard_error() -> None:
+    before = {"class_accuracy": 0.45, "class_accuracy_draws": [0.45, 0.40, 0.50]}
+    edit = {"class_accuracy": 0.41, "class_accuracy_draws": [0.41, 0.38, 0.42]}  # changes -4, -2, -8 points
+    m, se = paired_change(edit, before, "class_accuracy")
+    assert m == pytest.approx(-0.0467, abs=1e-4) and se == pytest.approx(0.0176, abs=1e-4)  # sd 3.06 / sqrt(3)
+    assert paired_change({"class_accuracy": 0.5}, before, "class_accuracy") == (pytest.approx(0.05), None)
+    assert paired_change({"fid": 2.0}, before, "class_accuracy") is None

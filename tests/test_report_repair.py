@@ -40,6 +40,8 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     assert summary["extracted_after"] == 0 and abs(summary["relative_fid"] - (7.6 / 6.2 - 1)) < 1e-9
     assert summary["fid_before"] == sum([2.0, 2.3, 1.9]) / 3 and summary["fid_draws"] == 3
     assert abs(summary["class_accuracy_after"] - 0.8) < 1e-9 and summary["class_accuracy_before"] == 0.9
+    assert summary["class_accuracy_change_se"] is None  # the unedited model drew one class accuracy: no pairs
+    assert "class accuracy +0.0 points (one draw)" in summary["sentence"]  # first draws, as the FID change
     write_json(out / "repair.json", record)
     write_json(out / "summary.json", summary)
     run.finish(["repair.json", "summary.json"], {})

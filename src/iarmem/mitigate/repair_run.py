@@ -47,7 +47,7 @@ from iarmem.mitigate.write import EDIT_FILE, edit_manifest, hash_files, write_ed
 from iarmem.models.loading import is_model_folder
 from iarmem.plans import model_plan, parse_ids, select_ids
 from iarmem.progress import log
-from iarmem.quality_guard import mean_fid, mean_of, relative_fid
+from iarmem.quality_guard import mean_fid, mean_of, paired_change, relative_fid
 from iarmem.runs import Run, fingerprint, require_finished, start_run
 
 REPAIR_FILE = "repair.json"
@@ -292,9 +292,14 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     if final:
         rel = relative_fid(final["quality"], before["quality"])
         s["relative_fid"] = rel
+        acc = paired_change(final["quality"], before["quality"], "class_accuracy")
+        s["class_accuracy_change"], s["class_accuracy_change_se"] = acc if acc is not None else (None, None)
+        acc_text = "" if acc is None else f"; class accuracy {100 * acc[0]:+.1f}" + (
+            f" +- {100 * acc[1]:.1f} points (paired draws)" if acc[1] is not None else " points (one draw)")
         s["sentence"] = (f"repair: {len(work) - len(after)} of {len(work)} extracted targets stopped under every "
                          f"strong-attack try, removing {s['units']} fc1 units ({100 * s['fraction']:.2f} %); FID "
-                         f"{s['fid_before']:.3g} -> {s['fid_after']:.3g} ({100 * rel:+.1f} %); {record['message']}")
+                         f"{s['fid_before']:.3g} -> {s['fid_after']:.3g} ({100 * rel:+.1f} %){acc_text}; "
+                         f"{record['message']}")
     else:
         s["sentence"] = f"repair: nothing written to the model ({record['message']})"
     return s
