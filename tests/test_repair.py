@@ -4,6 +4,8 @@ one does not, pruning keeps it stopped with fewer units, and unit-local unlearni
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,27 @@ def test_a_target_an_edit_brings_out_is_named_not_grown_and_the_repair_is_not_cl
                                  {1: [5]}, no_ranking, before)
     assert outcome.status == "revealed" and "brings out 2" in outcome.message
     assert outcome.units == [] and outcome.final is None and record["grown"] == []
+
+
+@pytest.mark.parametrize("pruned_fid, status", [(1.05, "clean"), (1.2, "quality")])
+def test_a_round_that_stops_every_target_over_the_guard_is_pruned_before_it_is_refused(
+        ctx: RepairContext, tmp_path: Path, pruned_fid: float, status: str) -> None:
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+
+    def m(extracted: list[int], fid: float, order: list[int]) -> dict:
+        return {"units": len(order), "order": order, "quality": {"fid": fid},
+                "leak": {"extracted": extracted, "probes": [], "default_extracted": extracted}}
+
+    before = m([1], 1.0, []) | {"units": 0}
+    before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
+    steps = {"round1": m([], 1.5, [5, 6, 7]), "prune": [5], "pruned": m([], pruned_fid, [5])}
+    (tmp_path / "steps.json").write_text(json.dumps(steps))  # round 1 stops target 1 at +50 % FID
+    outcome, record = run_repair(ctx, RepairConfig(max_quality_loss=0.1), Journal(tmp_path / "steps.json", World()),
+                                 {1: [5, 6, 7]}, lambda i: None, before)
+    assert outcome.status == status and record["pruned_units"] == 1
+    if status == "clean":  # one unit of the three stops it within the guard: kept, and the message says how
+        assert outcome.units == [5] and record["pruned_kept"] and "pruned from 3 to 1 units" in outcome.message
+    else:  # still over the guard: refused, nothing kept
+        assert outcome.units == [] and outcome.final is None and not record["pruned_kept"]

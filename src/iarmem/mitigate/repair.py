@@ -10,7 +10,8 @@
    when no target comes out, when the relative FID increase crosses ``max_quality_loss`` (that edit is
    refused), when the union would pass ``max_units`` % of the fc1 units, or after ``max_rounds``.
 4. Prune: put back whole blocks, then single units (last added first), while every target's probes
-   stay stopped; the pruned edit is kept only if the strong attack confirms it.
+   stay stopped; the pruned edit is kept only if the strong attack confirms it and the guard passes
+   it. A round that stops every target but crosses the guard is pruned too before it is refused.
 5. Alternatives at the same leak: as many random units of the same layers, the paper's global top
    p % x 0.5 (the smallest p of a grid whose probes all stop), the logit-noise defense (the smallest
    std that does), and fine-tuning the repair's own units (``unlearn``).
@@ -378,22 +379,31 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
         order = list(g["order"])
     record: dict[str, Any] = {"rounds": rounds, "grown": grown, "budget_units": budget, "over_budget": unreachable}
     within = [m for m in rounds if within_quality(m["quality"], q0, cfg) and len(m["leak"]["extracted"]) < len(work)]
-    if not within:  # an edit that stops no target is not worth its cost: nothing is kept
-        return Outcome(status, [], None, message + "; no edit within the budgets lowers the number of targets "
-                       "extracted"), record
-    best = min(within, key=lambda m: (len(m["leak"]["extracted"]), m["units"]))
-    units = list(best["order"])
-    if status == "clean":
+    best = min(within, key=lambda m: (len(m["leak"]["extracted"]), m["units"])) if within else None
+    units = list(best["order"]) if best is not None else []
+    # prune a clean round; and a round that stops every target but costs too much: its units grew along rankings
+    # recomputed after each removal, so some may not be needed, and fewer units may cost less
+    start = best if status == "clean" else (
+        rounds[-1] if status == "quality" and not rounds[-1]["leak"]["extracted"] else None)
+    if start is not None:
+        grown_units = list(start["order"])
         probes = [p for ps in target_probes(before, work, rounds).values() for p in ps]
-        pruned = journal.step("prune", lambda: prune(ctx, units, probes, cfg.margin, cfg.prune_tries))
+        pruned = journal.step("prune", lambda: prune(ctx, grown_units, probes, cfg.margin, cfg.prune_tries))
         record["pruned_units"] = len(pruned)
-        if len(pruned) < len(units):
+        if len(pruned) < len(grown_units):
             mp = journal.step("pruned", lambda: measure(ctx, np.asarray(pruned)) | {"order": list(pruned)})
             record["pruned"] = mp
             ok = not mp["leak"]["extracted"] and within_quality(mp["quality"], q0, cfg)
             record["pruned_kept"] = ok
+            if ok and status == "quality":
+                status, message = "clean", (
+                    f"every target stopped after round {len(rounds)}, pruned from {len(grown_units)} to "
+                    f"{len(pruned)} units within the quality guard ({message} before pruning)")
             if ok:
                 best, units = mp, list(pruned)
+    if best is None:  # an edit that stops no target is not worth its cost: nothing is kept
+        return Outcome(status, [], None, message + "; no edit within the budgets lowers the number of targets "
+                       "extracted"), record
     return Outcome(status, units, best, message), record
 
 
