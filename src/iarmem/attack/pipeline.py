@@ -235,9 +235,7 @@ class AttackResult:
 
     def extracted_ids(self) -> np.ndarray:
         """Every image judged extracted, by its own prompt or by another prompt's generation (sorted)."""
-        own = self.ids[self.extracted]
-        other = self.measures["other_id"][self.copies_other].astype(np.int64)
-        return np.union1d(own, other[other >= 0])
+        return np.unique(np.array([image for image, _, _ in self.calls()], dtype=np.int64))
 
 
 def nearest_in_pool(iar: IAR, ds: ImageDataset, metric: str, ids: np.ndarray, gen: Tensor, start: int,

@@ -247,7 +247,7 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
     similarity: dict[int, float] = {}
     per_try = []
     left_out = np.zeros(int(is_heldout.sum()), dtype=bool) if calibrating and rules is None else None
-    cal_ids = set(ids[cal].tolist())
+    cal_ids = ids[cal]
     cal_passed = np.zeros(n, dtype=bool)
     for k, t in enumerate(tries):
         o, nn, nn_id = own_KN[k], near_KN[k], near_id_KN[k]
@@ -260,7 +260,7 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
         mine = copies_other(nn, o, d.threshold, d.margin)
         other = copies_other(o, nn, d.other_bar, d.margin) & (nn_id >= 0)
         cal_passed |= mine & cal
-        copied_cal = other & np.isin(nn_id, list(cal_ids))
+        copied_cal = other & np.isin(nn_id, cal_ids)
         cal_passed[np.isin(ids, nn_id[copied_cal])] = True
         for j in np.flatnonzero(mine & ~cal):
             _claim(weakest, via, similarity, int(ids[j]), k, int(ids[j]), float(o[j]))
@@ -274,7 +274,7 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
                         "heldout_left_out": int(lo.sum()) if lo is not None else None})
     default_k = tries.index(Try(default_prefix))
     for image, prompt, sim in default_calls:
-        if image not in cal_ids:
+        if not np.isin(image, cal_ids):
             _claim(weakest, via, similarity, image, default_k, prompt, sim)
     extracted = np.array(sorted(weakest), dtype=np.int64)
     return StrongResult(tries, ids[~cal], is_heldout[~cal], extracted, weakest, via, similarity, per_try,
