@@ -13,7 +13,7 @@ from iarmem.attack import AttackSettings, attack_ids, run_attack
 from iarmem.attack.decide import METRICS, decide_rule
 from iarmem.attack.generate import default_prefix
 from iarmem.attack.strong import Try, run_strong
-from iarmem.attack.union import TryRules, union_passes, union_rules
+from iarmem.attack.union import ClassBar, TryRules, union_passes, union_rules
 from iarmem.data import bundled_mnist, make_plan
 from iarmem.distributed import World
 from iarmem.mitigate.repair import RepairContext, keep_bars, strong_leak
@@ -66,6 +66,69 @@ def test_one_try_repeated_is_one_try() -> None:
         union_rules(TOKENS, own[:, :1], gap[:, :1], 0.01)
 
 
+def _classed_tries(rng: np.random.Generator, K: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """As ``_tries``, but every try draws class 1 closer to its prompt: a "1" is easy to draw."""
+    easy = (labels == 1)[None, :]
+    own = rng.beta(2, 5, size=(K, len(labels))) + 0.12 * easy
+    return own, own - rng.uniform(0.0, 0.3, size=(K, len(labels))) + 0.06 * easy
+
+
+def test_class_bars_hold_the_rate_for_an_easy_class_the_overall_bar_does_not() -> None:
+    rng = np.random.default_rng(3)
+    fresh_labels = np.repeat(np.arange(10), 2000)
+    fresh = _classed_tries(rng, 40, fresh_labels)
+    overall, by_class = [], []
+    for _ in range(20):
+        # 200 class-balanced never-trained images, then 200 more of the targets' class (1), shuffled together
+        order = rng.permutation(400)
+        labels = np.concatenate([np.repeat(np.arange(10), 20), np.ones(200, dtype=np.int64)])[order]
+        balanced = order < 200
+        own, gap = _classed_tries(rng, 40, labels)
+        one = union_rules(TOKENS, own[:, balanced], gap[:, balanced], 0.01)
+        rules = union_rules(TOKENS, own, gap, 0.01, labels_N=labels, marginal_N=balanced)
+        assert rules.calibration == 400 and rules.barred == int(balanced[1::2].sum())
+        ones = rules.class_bar(1)
+        assert ones is not None and ones.barred > 90 and ones.allowed == 0 and ones.bound < 0.011
+        overall.append(union_passes(*fresh, np.array(one.thresholds), np.array(one.margins)))
+        t_KN, m_KN, _ = rules.bars(fresh_labels)
+        by_class.append(((np.nan_to_num(fresh[0]) > t_KN) & (fresh[1] > m_KN)).any(0))
+        assert (t_KN >= np.array(rules.thresholds)[:, None] - 1e-12).all()  # a class bar only ever raises a bar
+    overall_, by_class_ = np.mean(overall, 0), np.mean(by_class, 0)
+    # one bar for all: within the stated rate overall, but a never-trained "1" passes several times as often;
+    # with class bars the "1"s are held to their own bound and the overall rate does not rise
+    assert overall_.mean() < 0.015 and overall_[fresh_labels == 1].mean() > 0.05
+    assert by_class_[fresh_labels == 1].mean() < 0.012 and by_class_.mean() <= overall_.mean()
+
+
+def test_class_bars_apply_row_by_row_and_survive_a_round_trip() -> None:
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(3), 100)
+    own, gap = _classed_tries(rng, 5, labels)
+    rules = union_rules(TOKENS, own, gap, 0.05, labels_N=labels)
+    assert [c.label for c in rules.classes] == [0, 1, 2] and all(c.barred == 50 for c in rules.classes)
+    t_KN, m_KN, o_KN = rules.bars(np.array([0, 1, 2, 7]))
+    ones = rules.class_bar(1)
+    assert ones is not None and ones.level > rules.level  # the easy class sets a higher bar than the overall one
+    assert (t_KN[:, 1] > np.array(rules.thresholds)).all() and (m_KN[:, 1] >= np.array(rules.margins)).all()
+    assert (t_KN[:, 3] == np.array(rules.thresholds)).all()  # a class not calibrated: the overall bar
+    assert (o_KN >= t_KN).all()
+    back = TryRules.from_dict(json.loads(json.dumps(rules.as_dict())))
+    assert back == rules and all((a == b).all() for a, b in zip(back.bars(labels), rules.bars(labels)))
+    assert "class by class" in rules.describe() and rules.as_dict()["class_bounds"]["1"] == pytest.approx(ones.bound)
+    # the overall bar is set on the class-balanced images only: extra images of one class (here in the bar half,
+    # so the standardisation is the same) move that class's bar, never the overall one
+    extra = (np.arange(300) % 2 == 1) & (np.arange(300) >= 200)
+    tilted_own, tilted_gap = own.copy(), gap.copy()
+    tilted_own[:, extra], tilted_gap[:, extra] = 0.99, 0.9
+    fair = union_rules(TOKENS, own, gap, 0.05, labels_N=labels, marginal_N=~extra)
+    tilted = union_rules(TOKENS, tilted_own, tilted_gap, 0.05, labels_N=labels, marginal_N=~extra)
+    assert tilted.thresholds == fair.thresholds and tilted.barred == fair.barred == 100
+    assert tilted.class_bar(2).level > fair.class_bar(2).level  # type: ignore[union-attr]
+    old = {k: v for k, v in rules.as_dict().items() if k not in ("scale", "floors", "classes")}  # written before
+    assert TryRules.from_dict(old).classes == () and (TryRules.from_dict(old).bars(labels)[0] ==
+                                                      np.array(rules.thresholds)[:, None]).all()
+
+
 @pytest.fixture(scope="module")
 def data():
     ds = bundled_mnist()
@@ -97,6 +160,39 @@ def test_a_member_copier_calibrated_on_never_trained_images(data) -> None:
     assert st["extracted_ids"] == sorted(planted)  # every member, none of the ordinary or never-trained images
     assert all(t["calibration_own_prompt"] == 0 for t in st["per_try"])
     assert [t["threshold"] for t in st["per_try"]] == list(cal["thresholds"])
+
+
+def test_class_calibration_images_give_the_targets_classes_their_own_bars(data) -> None:
+    ds, plan = data
+    targets = plan.planted_ids[:2].tolist()
+    s = run_attack(_memorizer(ds, plan), ds, plan, STRONG.replace(calibration=20, class_calibration=6,
+                                                                  ids=tuple(targets)))
+    st = s["strong"]
+    cal = st["calibration"]
+    classes = {int(ds.labels[i]) for i in targets}
+    assert cal["calibration"] == 20 + 6 * len(classes) and cal["barred"] == 10  # overall: balanced images only
+    barred = {c["label"]: c["barred"] for c in cal["classes"]}
+    assert all(barred[c] >= 3 for c in classes) and all(m <= 2 for c, m in barred.items() if c not in classes)
+    assert st["extracted_ids"] == sorted(targets) and st["heldout_false_positives"] == 0
+    assert st["calibration_false_positives"] == 0
+
+
+def test_a_class_bar_judges_the_rows_prompted_with_that_class(data) -> None:
+    ds, plan = data
+    iar = _memorizer(ds, plan)
+    s = STRONG.replace(calibrate=True)
+    first, second = (int(i) for i in plan.planted_ids[:2])
+    assert ds.labels[first] != ds.labels[second]
+    res = attack_ids(iar, ds, [first, second], None, s, heldout=plan.heldout_ids)
+    K = len(run_strong(iar, ds, res.ids, res.labels, ~res.is_candidate, res.gt, res.ids, METRICS[res.metric],
+                       res.prefix, s, {}, World()).tries)
+    scale = ((0.5,) * K, (0.1,) * K, (0.1,) * K, (0.1,) * K)
+    strict = ClassBar(int(ds.labels[first]), 100, 0, 10.0, 0)  # its bar: similarity above 1.5, never met
+    rules = TryRules((0.5,) * K, (0.1,) * K, (0.9,) * K, 0.01, 200, 100, 0.0, 0, 0, scale, (0.0, 0.1, 0.9),
+                     (strict,))
+    st = run_strong(iar, ds, res.ids, res.labels, ~res.is_candidate, res.gt, res.ids, METRICS[res.metric],
+                    res.prefix, s, {}, World(), rules=rules)
+    assert st.extracted_ids.tolist() == [second]  # the same perfect copy, held to its class's bar
 
 
 def test_rules_calibrated_once_judge_another_state_by_the_same_bars(data) -> None:

@@ -37,7 +37,7 @@ from iarmem.attack.settings import AttackSettings, load_extractors
 from iarmem.attack.similarity import Embedder, background_ids, embed, prefix_background, psnr, ssim, token_measures
 from iarmem.attack.strong import run_strong
 from iarmem.data import ImageDataset, Plan
-from iarmem.data.planting import outside_sample
+from iarmem.data.planting import outside_by_class, outside_sample
 from iarmem.distributed import World, all_gather_object
 from iarmem.errors import UserError
 from iarmem.fileio import atomic_path
@@ -475,9 +475,14 @@ def run_attack(iar: IAR, ds: ImageDataset, plan: Plan | None, settings: AttackSe
         if world.is_main:
             log(f"strong attack on {int(result.is_candidate.sum())} targets + {len(sel.heldout)} held-out controls"
                 + (f" + {int(cal.sum())} never-trained images that calibrate its tries together" if cal.any() else ""))
+        extra = (outside_by_class(plan, ds.labels, result.labels[result.is_candidate], s.class_calibration, s.seed,
+                                  exclude=np.union1d(sel.scored, sel.calibration))
+                 if plan is not None and cal.any() else np.empty(0, dtype=np.int64))
+        if world.is_main and len(extra):
+            log(f"+ {len(extra)} never-trained images of the targets' classes for per-class bars")
         strong = run_strong(iar, ds, result.ids, result.labels, ~result.is_candidate & ~cal, result.gt, sel.scored,
                             METRICS[result.metric], result.prefix, s, extractors, world, pool_cache,
-                            is_calibration=cal, default_calls=result.calls())
+                            is_calibration=cal, default_calls=result.calls(), class_calibration=extra)
     summary = from_main(world, lambda: outputs.summarize(iar, ds, plan, s, sel, scores, result, source,
                                                          world.size, strong))
     if out is not None and world.is_main:

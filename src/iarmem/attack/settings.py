@@ -39,6 +39,7 @@ class AttackSettings:
     calibrate: bool | None = None  # threshold and margin from the held-out images (None: when there are any)
     fpr: float = 0.01  # calibration: allowed fraction of held-out images counted as extracted
     calibration: int = 200  # never-trained images outside the plan that calibrate (0: the plan's held-out set)
+    class_calibration: int = 0  # strong attack: never-trained images per target class, for per-class bars too
     sscd: str | None = None  # SSCD TorchScript file
     features: str | None = None  # TorchScript feature extractor, or "trained:PATH"
     features_size: int = 224  # input side of a --features TorchScript file
@@ -88,6 +89,9 @@ class AttackSettings:
         if self.calibration < 0:
             raise UserError(f"--calibration-images must be >= 0 (0: calibrate on the plan's held-out images), "
                             f"got {self.calibration}")
+        if self.class_calibration < 0:
+            raise UserError(f"--class-calibration-images must be >= 0 (0: one bar for every class), "
+                            f"got {self.class_calibration}")
         if self.features_size < 1:
             raise UserError(f"--features-size must be >= 1, got {self.features_size}")
         if self.batch_size < 1:

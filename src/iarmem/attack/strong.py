@@ -210,17 +210,29 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
                gt: Tensor, pool: np.ndarray, metric: Metric, default_prefix: int, s: AttackSettings,
                extractors: dict[str, Embedder], world: World, cache: TokenCache | None = None,
                is_calibration: np.ndarray | None = None, rules: TryRules | None = None,
-               default_calls: list[tuple[int, int, float]] = ()) -> StrongResult:
+               default_calls: list[tuple[int, int, float]] = (),
+               class_calibration: np.ndarray | tuple[int, ...] = ()) -> StrongResult:
     """Every try on every target and control; which images come out, and under which weakest try.
 
     ``is_calibration`` marks never-trained rows (not held-out controls, never targets) that calibrate
     the tries together; ``rules`` fixes every try's bars instead (calibrated earlier, e.g. on the
     unedited model). ``default_calls`` (image, prompt, similarity): what the default attack called
     extracted under its own bar; they count as the default try's, so the strong attack finds every
-    image the default finds even where its joint bar is higher.
+    image the default finds even where its joint bar is higher. ``class_calibration``: more never-trained
+    images (of the targets' classes) that calibrate with ``is_calibration``'s rows, class by class only:
+    each class then gets its own bar as well (``union_rules``).
     """
     t0 = time.monotonic()
     tries = strong_tries(iar, default_prefix)
+    extra = np.setdiff1d(np.asarray(class_calibration, dtype=np.int64), ids) if rules is None else ids[:0]
+    marginal = np.ones(len(ids), dtype=bool)
+    if len(extra):  # appended as calibration rows, tokenized like the pool (the eval view)
+        gt = torch.cat([gt, pool_tokens(iar, ds, s.seed, cache)(extra).to(gt.dtype)])
+        cal0 = np.zeros(len(ids), dtype=bool) if is_calibration is None else np.asarray(is_calibration, dtype=bool)
+        is_calibration = np.concatenate([cal0, np.ones(len(extra), dtype=bool)])
+        is_heldout = np.concatenate([np.asarray(is_heldout, dtype=bool), np.zeros(len(extra), dtype=bool)])
+        labels = np.concatenate([np.asarray(labels, dtype=np.int64), ds.labels[extra].astype(np.int64)])
+        ids, marginal = np.concatenate([ids, extra]), np.concatenate([marginal, np.zeros(len(extra), dtype=bool)])
     if rules is not None and len(rules.thresholds) != len(tries):
         raise ValueError(f"{len(rules.thresholds)} calibrated tries for {len(tries)} tries of this model")
     gens: dict[Try, Tensor] = {}
@@ -241,7 +253,9 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
     own_KN, near_KN, near_id_KN = (a.reshape(len(tries), n) for a in (own, near, near_id))
     calibrating = s.calibrates(int(is_heldout.sum() + cal.sum())) and s.margin is None and s.threshold is None
     if rules is None and cal.sum() >= 2 and calibrating:
-        rules = union_rules(metric, own_KN[:, cal], own_KN[:, cal] - near_KN[:, cal], s.fpr)
+        rules = union_rules(metric, own_KN[:, cal], own_KN[:, cal] - near_KN[:, cal], s.fpr,
+                            labels_N=np.asarray(labels)[cal] if len(extra) else None, marginal_N=marginal[cal])
+    bars_KN = rules.bars(labels) if rules is not None else None
     weakest: dict[int, int] = {}
     via: dict[int, int] = {}
     similarity: dict[int, float] = {}
@@ -257,8 +271,9 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
         lo = left_out_passes(metric, o, o - nn, is_heldout, s.fpr) if left_out is not None else None
         if lo is not None:
             left_out |= lo
-        mine = copies_other(nn, o, d.threshold, d.margin)
-        other = copies_other(o, nn, d.other_bar, d.margin) & (nn_id >= 0)
+        thr, mar, oth = (b[k] for b in bars_KN) if bars_KN is not None else (d.threshold, d.margin, d.other_bar)
+        mine = copies_other(nn, o, thr, mar)
+        other = copies_other(o, nn, oth, mar) & (nn_id >= 0)
         cal_passed |= mine & cal
         copied_cal = other & np.isin(nn_id, cal_ids)
         cal_passed[np.isin(ids, nn_id[copied_cal])] = True

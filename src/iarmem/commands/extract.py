@@ -104,6 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="never-trained images outside the planting plan, class-balanced, that calibrate threshold "
                         "and margin, so the plan's held-out images are judged out of sample and the rate resolves "
                         "--fpr (default 200; 0: calibrate on the plan's held-out images)")
+    g.add_argument("--class-calibration-images", dest="class_calibration", type=int, default=0,
+                   help="--strength strong: this many more never-trained images of each target's class, so the tries' "
+                        "bars also hold class by class (a never-trained '1' is far easier to draw than an '8'); "
+                        "costs a strong attack on each (default 0: one bar for every class)")
     g.add_argument("--sscd", help="SSCD copy-detection TorchScript file (the paper's measure)")
     g.add_argument("--features", help="a TorchScript feature extractor FILE (input side --features-size), "
                    "trained:PATH (the CNN iarmem trains, see features.py) or torchscript:PATH[:SIZE]")
@@ -123,7 +127,7 @@ def settings_from(args: argparse.Namespace, num_images: int) -> AttackSettings:
         subset=args.subset, fraction=args.fraction, per_class_subset=args.per_class_subset, ids=ids, top=args.top,
         per_class=args.per_class, score_by=args.score, last=args.last, prefix=args.prefix,
         logit_noise=args.logit_noise, metric=args.metric, threshold=args.threshold, margin=args.margin,
-        calibrate=args.calibrate, calibration=args.calibration,
+        calibrate=args.calibrate, calibration=args.calibration, class_calibration=args.class_calibration,
         fpr=args.fpr, sscd=args.sscd, features=args.features, features_size=args.features_size,
         batch_size=args.batch_size, seed=args.seed, figure_pairs=args.figure_pairs, strength=args.strength,
         trigger_steps=args.trigger_steps, membership=args.membership,

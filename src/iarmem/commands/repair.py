@@ -82,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="never-trained images outside the plan on which the strong attack's tries are calibrated "
                         "together, once, on the unedited model (default: the --leaked run's --calibration-images; "
                         "0: each try on the held-out images, every measurement)")
+    g.add_argument("--class-calibration-images", dest="class_calibration", type=int,
+                   help="this many more never-trained images of each target's class join that calibration, so the "
+                        "bars also hold class by class (default: the --leaked run's, usually 0: one bar for all)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--device", default="cpu")
@@ -105,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         (args.unlearn_steps >= 1, f"--unlearn-steps must be >= 1, got {args.unlearn_steps}"),
         (args.calibration is None or args.calibration >= 0,
          f"--calibration-images must be >= 0 (0: calibrate each try on the held-out images), got {args.calibration}"),
+        (args.class_calibration is None or args.class_calibration >= 0,
+         f"--class-calibration-images must be >= 0 (0: one bar for every class), got {args.class_calibration}"),
         (args.quality_draws >= 1, f"--quality-draws must be >= 1 (1: no noise estimate), got {args.quality_draws}"),
         (bool(args.paper_tops) and all(0 < p <= 100 for p in args.paper_tops),
          "--paper-tops takes percents in (0, 100]"),

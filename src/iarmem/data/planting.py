@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from iarmem.data.subsets import balanced_sample, class_rng, matched_sample
+from iarmem.data.subsets import balanced_sample, class_rng, matched_sample, take_per_class
 from iarmem.errors import UserError
 from iarmem.fileio import write_json
 
@@ -114,6 +114,22 @@ def outside_sample(plan: Plan, labels: np.ndarray, n: int, seed: int) -> np.ndar
     if n <= 0 or len(rest) == 0:
         return np.empty(0, dtype=np.int64)
     return np.sort(balanced_sample(labels, min(n, len(rest)), seed=seed, purpose="calibration", pool=rest))
+
+
+def outside_by_class(plan: Plan, labels: np.ndarray, classes: Sequence[int] | np.ndarray, n: int, seed: int,
+                     exclude: Sequence[int] | np.ndarray = ()) -> np.ndarray:
+    """Up to ``n`` ids of each of ``classes`` that the plan never touched, none of ``exclude``.
+
+    The strong attack's per-class bars (``attack.union``) need many never-trained images of the classes
+    it judges; drawing them for the targets' classes only keeps that affordable.
+    """
+    rest = np.setdiff1d(np.setdiff1d(np.arange(plan.num_images, dtype=np.int64), plan.used_ids),
+                        np.asarray(exclude, dtype=np.int64))
+    have = np.bincount(np.asarray(labels)[rest], minlength=int(np.max(labels, initial=0)) + 1) if len(rest) else []
+    counts = {int(c): min(n, int(have[c]) if c < len(have) else 0) for c in np.unique(np.asarray(classes)).tolist()}
+    if n <= 0 or not counts:
+        return np.empty(0, dtype=np.int64)
+    return take_per_class(labels, counts, seed=seed, purpose="class calibration", pool=rest)
 
 
 def make_plan(

@@ -109,6 +109,7 @@ class RepairContext:
     # never-trained images that calibrate the strong attack's tries together on the first measurement; its bars
     # (``rules``) then judge every edited state, so an edit cannot move the bars it is judged by
     calibration: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    class_calibration: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per-class bars
     rules: TryRules | None = None
     cache: TokenCache = field(default_factory=TokenCache)
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # eval-view tokens of targets and prompts
@@ -155,7 +156,8 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
     cal = res.is_calibration if res.is_calibration is not None else np.zeros(len(res.ids), dtype=bool)
     st = run_strong(ctx.iar, ctx.ds, res.ids, res.labels, ~res.is_candidate & ~cal, res.gt, ctx.pool,
                     METRICS[res.metric], res.prefix, s, ctx.extractors, ctx.world, ctx.cache, is_calibration=cal,
-                    rules=ctx.rules, default_calls=res.calls())
+                    rules=ctx.rules, default_calls=res.calls(),
+                    class_calibration=ctx.class_calibration if ctx.rules is None and cal.any() else ())
     taken = st.extracted_ids
     out_targets = sorted(int(i) for i in np.intersect1d(taken, ctx.targets))
     bar_of = [t["threshold"] if res.metric == "tokens" else METRICS["tokens"].default_threshold for t in st.per_try]

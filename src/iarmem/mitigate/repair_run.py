@@ -17,7 +17,7 @@ from iarmem.attack.pipeline import from_main
 from iarmem.attack.settings import AttackSettings, load_extractors
 from iarmem.commands.repair import leaked_ids
 from iarmem.data import open_dataset
-from iarmem.data.planting import outside_sample
+from iarmem.data.planting import outside_by_class, outside_sample
 from iarmem.data.subsets import balanced_sample
 from iarmem.distributed import barrier, close, init_world
 from iarmem.errors import UserError
@@ -68,8 +68,9 @@ def attack_settings(leaked: dict[str, Any], args: argparse.Namespace) -> AttackS
                                                                           "per_class_subset", "logit_noise")}
     s = AttackSettings(**keep).replace(strength="strong", membership=False, batch_size=args.batch_size,
                                        seed=args.seed, trigger_steps=args.trigger_steps)
-    cal = getattr(args, "calibration", None)
-    return (s if cal is None else s.replace(calibration=cal)).validate()
+    cal, per_class = getattr(args, "calibration", None), getattr(args, "class_calibration", None)
+    s = s if cal is None else s.replace(calibration=cal)
+    return (s if per_class is None else s.replace(class_calibration=per_class)).validate()
 
 
 def choose_targets(args: argparse.Namespace, leaked: list[int], plan: Any, labels: np.ndarray) -> np.ndarray:
@@ -169,6 +170,8 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     ctx.quality_seeds = tuple(attack.seed + k for k in range(1, cfg.quality_draws))  # quality_noise's seeds
     if plan is not None and attack.calibrates(len(heldout)) and attack.threshold is None and attack.margin is None:
         ctx.calibration = np.setdiff1d(outside_sample(plan, ds.labels, attack.calibration, attack.seed), pool)
+        ctx.class_calibration = outside_by_class(plan, ds.labels, ds.labels[targets], attack.class_calibration,
+                                                 attack.seed, exclude=np.union1d(pool, ctx.calibration))
     ctx.eval_tokens(np.union1d(targets, keep))
     journal = Journal(out / JOURNAL_FILE, world)
 
