@@ -15,6 +15,7 @@ from iarmem.attack.generate import default_prefix
 from iarmem.attack.strong import Try, run_strong
 from iarmem.attack.union import ClassBar, TryRules, union_passes, union_rules
 from iarmem.data import bundled_mnist, make_plan
+from iarmem.data.planting import outside_by_class
 from iarmem.distributed import World
 from iarmem.mitigate.repair import RepairContext, keep_bars, strong_leak
 from iarmem.mitigate.repair_run import fc1_scores
@@ -244,3 +245,30 @@ def test_the_repair_calibrates_once_and_judges_every_state_by_those_bars(data) -
     assert [t["threshold"] for t in after["per_try"]] == [t["threshold"] for t in first["per_try"]]
     keep_bars(ctx, {"leak": {k: v for k, v in first.items() if k != "rules"}})  # a journal from before
     assert ctx.rules is None and len(ctx.calibration) == 0
+
+
+def test_the_repair_holds_each_target_to_its_class_bar(data) -> None:
+    from iarmem.mitigate.repair import target_probes
+
+    ds, plan = data
+    iar = _memorizer(ds, plan)
+    targets = plan.planted_ids[:3]
+    pool = np.union1d(plan.planted_ids, plan.ordinary_ids)
+    cal_ids = np.setdiff1d(np.arange(200, 230), plan.used_ids)
+    extra = outside_by_class(plan, ds.labels, ds.labels[targets], 8, 0, exclude=cal_ids)
+    assert len(extra) == 24 and not np.isin(extra, np.union1d(plan.used_ids, cal_ids)).any()
+    assert sorted(np.bincount(ds.labels[extra]).tolist())[-3:] == [8, 8, 8]
+    ctx = RepairContext(iar, ds, plan, targets, STRONG.replace(calibrate=True), pool, plan.heldout_ids,
+                        fc1_scores(iar), None, None, 2, {}, World(), plan.ordinary_ids,  # type: ignore[arg-type]
+                        batch_size=16, calibration=cal_ids, class_calibration=extra)
+    first = strong_leak(ctx)
+    assert first["extracted"] == sorted(targets.tolist()) and first["rules"]["calibration"] == len(cal_ids) + 24
+    rules = TryRules.from_dict(first["rules"])
+    assert {c.label for c in rules.classes} >= {int(c) for c in ds.labels[targets]}
+    t_KN = rules.bars(ds.labels[targets])[0]
+    k = next(k for k, t in enumerate(rules.thresholds) if t == first["default_probe_bar"])
+    assert [first["default_probe_bars"][str(i)] for i in targets.tolist()] == [float(t) for t in t_KN[k]]
+    probes = target_probes({"leak": first}, targets.tolist(), [])
+    assert [ps[0].bar for ps in probes.values()] == [float(t) for t in t_KN[k]]  # each its class's default bar
+    keep_bars(ctx, {"leak": first})
+    assert ctx.rules == rules

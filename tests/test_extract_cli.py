@@ -111,6 +111,10 @@ def test_resume_reuses_the_scores_of_a_stopped_run(model_dir: Path, first_run: P
     (["--subset", "heldout"], "no images to attack"),  # an empty candidate pool
     (["--trigger-steps", "0"], "--trigger-steps must be >= 1"),
     (["--calibration-images", "-1"], "--calibration-images must be >= 0"),
+    (["--class-calibration-images", "-1"], "--class-calibration-images must be >= 0"),
+    (["--class-calibration-images", "50"], "add --strength strong"),
+    (["--strength", "strong", "--calibration-images", "0", "--class-calibration-images", "50"],
+     "--calibration-images 0 turns off"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           extra: list[str], message: str) -> None:

@@ -55,6 +55,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(runs: dict[str, Path],
     _fails([*base, "--leaked", str(runs["extract"]), "--quality-draws", "0"], capsys, out, "--quality-draws")
     _fails([*base, "--leaked", str(runs["extract"]), "--calibration-images", "-1"], capsys, out,
            "--calibration-images")
+    _fails([*base, "--leaked", str(runs["extract"]), "--class-calibration-images", "-1"], capsys, out,
+           "--class-calibration-images must be >= 0")
+    _fails([*base, "--leaked", str(runs["extract"]), "--images", "5", "--calibration-images", "0",
+            "--class-calibration-images", "9"], capsys, out, "--calibration-images 0 turns off")
     other = ["repair", str(runs["other"]), "mnist", "--out", str(out), "--leaked", str(runs["extract"]),
              "--images", "5"]
     _fails(other, capsys, out, "attacked another model")
@@ -71,6 +75,8 @@ def test_the_extract_run_s_decision_settings_are_kept(runs: dict[str, Path]) -> 
     assert (s.metric, s.fpr, s.prefix, s.strength, s.seed, s.trigger_steps) == ("ssim", 0.05, 2, "strong", 3, 5)
     assert s.calibration == 20  # the leaked run's never-trained images, unless --calibration-images says otherwise
     assert attack_settings(leaked, Namespace(batch_size=8, seed=3, trigger_steps=5, calibration=0)).calibration == 0
+    assert s.class_calibration == 0 and attack_settings(leaked, Namespace(
+        batch_size=8, seed=3, trigger_steps=5, class_calibration=30)).class_calibration == 30
     assert s.ids is None and s.logit_noise == 0.0 and not s.membership
 
 

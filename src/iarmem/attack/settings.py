@@ -92,6 +92,12 @@ class AttackSettings:
         if self.class_calibration < 0:
             raise UserError(f"--class-calibration-images must be >= 0 (0: one bar for every class), "
                             f"got {self.class_calibration}")
+        if self.class_calibration > 0 and self.strength != "strong":
+            raise UserError("--class-calibration-images sets the strong attack's per-class bars; add --strength strong "
+                            "or drop it")
+        if self.class_calibration > 0 and self.calibration == 0:
+            raise UserError("--class-calibration-images joins the tries' joint calibration, which "
+                            "--calibration-images 0 turns off; give --calibration-images N > 0 or drop it")
         if self.features_size < 1:
             raise UserError(f"--features-size must be >= 1, got {self.features_size}")
         if self.batch_size < 1:

@@ -160,8 +160,17 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
                     class_calibration=ctx.class_calibration if ctx.rules is None and cal.any() else ())
     taken = st.extracted_ids
     out_targets = sorted(int(i) for i in np.intersect1d(taken, ctx.targets))
-    bar_of = [t["threshold"] if res.metric == "tokens" else METRICS["tokens"].default_threshold for t in st.per_try]
-    probes = [Probe(i, st.via[i], st.tries[st.weakest[i]], float(bar_of[st.weakest[i]])) for i in out_targets]
+    label_of = dict(zip(res.ids.tolist(), res.labels.tolist()))
+
+    def bar(k: int, prompt: int) -> float:
+        """Try ``k``'s token bar for a generation prompted with ``prompt`` (its class's bar where there is one)."""
+        if res.metric != "tokens":
+            return METRICS["tokens"].default_threshold
+        if st.rules is None:
+            return float(st.per_try[k]["threshold"])
+        return float(st.rules.bars(np.array([label_of[prompt]]))[0][k, 0])
+
+    probes = [Probe(i, st.via[i], st.tries[st.weakest[i]], bar(st.weakest[i], st.via[i])) for i in out_targets]
     default_try = next(k for k, t in enumerate(st.tries) if t == Try(res.prefix, GREEDY))
     return {
         "extracted": out_targets,
@@ -176,7 +185,9 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
                      "extracted": t["own_prompt"], "copies_other": t["copies_other"]} for t in st.per_try],
         "tries": len(st.tries),
         "probes": [p.as_dict() for p in probes],
-        "default_probe_bar": float(bar_of[default_try]),
+        "default_probe_bar": float(st.per_try[default_try]["threshold"]) if res.metric == "tokens" else
+        METRICS["tokens"].default_threshold,  # the overall bar (journals before class bars read only this)
+        "default_probe_bars": {str(i): bar(default_try, int(i)) for i in ctx.targets.tolist()},
         "default_prefix": int(res.prefix),
         "seconds": round(st.timing["total_s"] + res.timing.get("generation_s", 0.0), 2),
     }
@@ -303,7 +314,9 @@ class Outcome:
 def target_probes(before: dict[str, Any], work: list[int], rounds: list[dict[str, Any]]) -> dict[int, list[Probe]]:
     """Per target: the default greedy try from its own prefix, and every try that extracted it so far."""
     leak = before["leak"]
-    out = {i: [Probe(i, i, Try(leak["default_prefix"], GREEDY), leak["default_probe_bar"])] for i in work}
+    bars = leak.get("default_probe_bars") or {}  # per target (its class's bar); older journals: one for all
+    out = {i: [Probe(i, i, Try(leak["default_prefix"], GREEDY), float(bars.get(str(i), leak["default_probe_bar"])))]
+           for i in work}
     for m in [before, *rounds]:
         for d in m["leak"]["probes"]:
             p = Probe.from_dict(d)
