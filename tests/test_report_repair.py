@@ -56,6 +56,11 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     assert summary["fid_noise_relative_std"] == 0.104
     assert "calibrated together once, on the unedited model, on 200 never-trained images" in html
     assert "chance &lt;= 0.99 %" in html and "held-out false positives are out of sample" in html
+    assert "each class has its own bar" not in html
+    record["before"]["leak"]["rules"]["class_bounds"] = {"1": 0.0091, "2": 0.0093}
+    write_json(out / "repair.json", record)
+    assert "each class has its own bar too, a never-trained image of class c passing with chance &lt;= 0.91 % (1), " \
+        "0.93 % (2)" in build_report([str(tmp_path)])
     del record["before"]["leak"]["rules"]  # a repair whose tries were calibrated on the held-out at every row
     write_json(out / "repair.json", record)
     assert "the held-out false positives are in sample" in build_report([str(tmp_path)])

@@ -50,10 +50,13 @@ def _bars(r: dict[str, Any]) -> str:
     if not rules:
         return ("The strong attack's tries were calibrated one by one on the held-out controls at every row, so "
                 "the held-out false positives are in sample.")
+    bounds = as_dict(rules.get("class_bounds"))
+    per_class = ("; each class has its own bar too, a never-trained image of class c passing with chance <= "
+                 + ", ".join(f"{100 * float(b):.2f} % ({esc(c)})" for c, b in sorted(bounds.items())) if bounds else "")
     return (f"The strong attack's tries were calibrated together once, on the unedited model, on "
             f"{num(rules.get('calibration'))} never-trained images (a never-trained image passes some try with "
-            f"chance <= {100 * float(rules.get('bound', 0.0)):.2f} %), and every row is judged by those bars; the "
-            f"held-out false positives are out of sample.")
+            f"chance <= {100 * float(rules.get('bound', 0.0)):.2f} %{per_class}), and every row is judged by those "
+            f"bars; the held-out false positives are out of sample.")
 
 
 def repair_section(groups: list[ModelGroup]) -> str:
