@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from test_attack_known import fake
 
 from iarmem.attack import AttackSettings, attack_ids, run_attack
-from iarmem.attack.decide import METRICS, decide_rule
+from iarmem.attack.decide import METRICS, Decision, decide_rule
 from iarmem.attack.generate import default_prefix
 from iarmem.attack.strong import Try, run_strong
 from iarmem.attack.union import ClassBar, TryRules, union_passes, union_rules
@@ -243,8 +244,14 @@ def test_the_repair_calibrates_once_and_judges_every_state_by_those_bars(data) -
     assert after["extracted"] == [] and after["rules"] == first["rules"]
     assert after["calibration_false_positives"] is None  # not generated again
     assert [t["threshold"] for t in after["per_try"]] == [t["threshold"] for t in first["per_try"]]
+    # the default attack's calls are judged by its rule on the unedited model too, not recalibrated per state
+    assert ctx.default_rule is not None and ctx.default_rule.threshold == first["default_rule"]["threshold"]
+    assert (ctx.default_rule.margin, ctx.default_rule.other_bar) == (first["default_rule"]["margin"],
+                                                                     first["default_rule"]["other_bar"])
+    ctx.default_rule = Decision(-1.0, "any", -math.inf, "none")  # a rule every generation passes
+    assert strong_leak(ctx)["extracted"] == sorted(targets.tolist())  # ... is the one that judges the state
     keep_bars(ctx, {"leak": {k: v for k, v in first.items() if k != "rules"}})  # a journal from before
-    assert ctx.rules is None and len(ctx.calibration) == 0
+    assert ctx.rules is None and ctx.default_rule is None and len(ctx.calibration) == 0
 
 
 def test_the_repair_holds_each_target_to_its_class_bar(data) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -237,6 +237,14 @@ class AttackResult:
         """Every image judged extracted, by its own prompt or by another prompt's generation (sorted)."""
         return np.unique(np.array([image for image, _, _ in self.calls()], dtype=np.int64))
 
+    def judged_by(self, decision: Decision) -> AttackResult:
+        """The same generations judged by ``decision``: the prompt-specific test of each own prompt, and the
+        copy-of-another-image test. The repair judges every edited state by the unedited model's rule."""
+        own, other = self.similarity, self.measures["other_similarity"]
+        measures = self.measures | {"extracted": copies_other(other, own, decision.threshold, decision.margin),
+                                    "copies_other": copies_other(own, other, decision.other_bar, decision.margin)}
+        return replace(self, measures=measures, decision=decision)
+
 
 def nearest_in_pool(iar: IAR, ds: ImageDataset, metric: str, ids: np.ndarray, gen: Tensor, start: int,
                     pool: np.ndarray, pix: Arrays, extractors: dict[str, Embedder], s: AttackSettings,
@@ -282,10 +290,9 @@ def _decide(iar: IAR, s: AttackSettings, metric: Metric, ids: np.ndarray, labels
     decision = decide_rule(metric, own, gap, cal, calibrate_on=s.calibrates(int(cal.sum())), fpr=s.fpr,
                            threshold=s.threshold, margin=s.margin,
                            source="never-trained calibration" if is_cal.any() else "held-out")
-    measures["extracted"] = copies_other(other, own, decision.threshold, decision.margin)
-    measures["copies_other"] = copies_other(own, other, decision.other_bar, decision.margin)
     return AttackResult(ids, labels, is_candidate, gt, gen, measures, metric.name, decision, prefix, start,
-                        describe_prefix(iar, prefix, s.prefix is None), is_calibration=is_cal if is_cal.any() else None)
+                        describe_prefix(iar, prefix, s.prefix is None),
+                        is_calibration=is_cal if is_cal.any() else None).judged_by(decision)
 
 
 def _cached_tokens(path: Path | None, ids: np.ndarray, prefix: int, seq_len: int) -> tuple[Tensor, Tensor] | None:

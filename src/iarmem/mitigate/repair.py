@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from iarmem.attack.decide import METRICS
+from iarmem.attack.decide import METRICS, Decision
 from iarmem.attack.generate import GREEDY
 from iarmem.attack.membership import evaluate_membership
 from iarmem.attack.neighbours import TokenCache
@@ -111,6 +111,7 @@ class RepairContext:
     calibration: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     class_calibration: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per-class bars
     rules: TryRules | None = None
+    default_rule: Decision | None = None  # the default attack's threshold and margin, fixed with ``rules``
     cache: TokenCache = field(default_factory=TokenCache)
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # eval-view tokens of targets and prompts
     labels: dict[int, int] = field(default_factory=dict)
@@ -153,6 +154,8 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
     calibration = ctx.calibration if ctx.rules is None else np.zeros(0, dtype=np.int64)
     res = attack_ids(ctx.iar, ctx.ds, ctx.targets, None, s, heldout=ctx.heldout, pool=ctx.pool,
                      extractors=ctx.extractors, world=ctx.world, pool_cache=ctx.cache, calibration=calibration)
+    if ctx.default_rule is not None:  # the default attack's calls count too: by its rule on the unedited model
+        res = res.judged_by(ctx.default_rule)
     cal = res.is_calibration if res.is_calibration is not None else np.zeros(len(res.ids), dtype=bool)
     st = run_strong(ctx.iar, ctx.ds, res.ids, res.labels, ~res.is_candidate & ~cal, res.gt, ctx.pool,
                     METRICS[res.metric], res.prefix, s, ctx.extractors, ctx.world, ctx.cache, is_calibration=cal,
@@ -178,6 +181,8 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
         "others": sorted(int(i) for i in np.setdiff1d(taken, np.union1d(ctx.targets, ctx.heldout))),
         "heldout_false_positives": int(np.isin(taken, ctx.heldout).sum()),
         "rules": st.rules.as_dict() if st.rules is not None else None,
+        "default_rule": {"threshold": res.decision.threshold, "margin": res.decision.margin,
+                         "other_bar": res.decision.other_bar},
         "calibration_false_positives": st.calibration_passes if cal.any() else None,
         "weakest": {str(i): st.tries[st.weakest[i]].describe(ctx.iar) for i in out_targets},
         "weakest_kind": {str(i): st.tries[st.weakest[i]].kind for i in out_targets},
@@ -196,8 +201,13 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
 def keep_bars(ctx: RepairContext, before: dict[str, Any]) -> None:
     """Judge every later state by the bars the first measurement calibrated (its ``rules``); without them
     (no calibration images, or a journal from before they existed) each try stays calibrated on the held-out."""
-    rules = before["leak"].get("rules")
+    rules, default = before["leak"].get("rules"), before["leak"].get("default_rule")
     ctx.rules = TryRules.from_dict(rules) if rules else None
+    ctx.default_rule = None
+    if rules and default:  # journals before the default rule was kept: it is calibrated again at every state
+        how = "fixed on the unedited model"
+        ctx.default_rule = Decision(float(default["threshold"]), how, float(default["margin"]), how,
+                                    other_threshold=float(default["other_bar"]))
     if rules is None:
         ctx.calibration = np.zeros(0, dtype=np.int64)
 
