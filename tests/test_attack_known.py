@@ -4,7 +4,7 @@ The fakes wrap the real tiny presets (real tokenizers and decoders, random weigh
 only ``generate``: the copier returns the ground-truth tokens it is prompted with, the noise source
 random tokens after the prefix, the class memorizer the first image it saw of each class, the member
 copier the images whose ground-truth tokens it is given as members (``iar.members``: token sums), and
-noise for every other.
+noise for every other (or, for a prompt in ``iar.redirect``, another image's tokens).
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ def fake(preset: str, behaviour: str) -> IAR:
                 g = torch.Generator().manual_seed(int(ids.sum()))
                 noise = torch.randint(0, self.vocab_size, ids[:, start:].shape, generator=g)
                 keep = torch.tensor([behaviour == "members" and int(r.sum()) in self.members for r in ids])
+                sums = [int(r.sum()) for r in ids]
                 ids[~keep, start:] = noise[~keep]
+                for b, total in enumerate(sums):  # a prompt redirected to another image's tokens
+                    if total in self.redirect:
+                        ids[b, start:] = self.redirect[total][start:]
             elif behaviour == "class":
                 for b, c in enumerate(labels.tolist()):
                     ids[b] = self.memory.setdefault(c, ids[b].clone())
@@ -45,7 +49,7 @@ def fake(preset: str, behaviour: str) -> IAR:
 
     torch.manual_seed(0)
     iar = Fake.from_official(p.tokenizer_kwargs, p.model_kwargs).eval()
-    iar.memory, iar.members = {}, set()
+    iar.memory, iar.members, iar.redirect = {}, set(), {}
     return iar
 
 

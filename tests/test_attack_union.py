@@ -279,3 +279,26 @@ def test_the_repair_holds_each_target_to_its_class_bar(data) -> None:
     assert [ps[0].bar for ps in probes.values()] == [float(t) for t in t_KN[k]]  # each its class's default bar
     keep_bars(ctx, {"leak": first})
     assert ctx.rules == rules
+
+
+def test_a_target_copied_from_a_class_calibration_prompt_is_probed_at_that_prompt_s_class_bar(data) -> None:
+    ds, plan = data
+    iar = _memorizer(ds, plan)
+    target = int(plan.planted_ids[0])
+    cal_ids = np.setdiff1d(np.arange(200, 230), plan.used_ids)
+    extra = outside_by_class(plan, ds.labels, ds.labels[[target]], 8, 0, exclude=cal_ids)
+    with torch.no_grad():
+        tok = iar.tokenize(load_views(iar, ds, np.array([target, int(extra[0])]), 0, 0)[0]).ids_BL
+    iar.members.discard(int(tok[0].sum()))  # the target's own prompt no longer brings it out ...
+    iar.redirect[int(tok[1].sum())] = tok[0]  # ... but a never-trained image of its class does
+    pool = np.union1d(plan.planted_ids, plan.ordinary_ids)
+    ctx = RepairContext(iar, ds, plan, np.array([target]), STRONG.replace(calibrate=True), pool, plan.heldout_ids,
+                        fc1_scores(iar), None, None, 2, {}, World(), plan.ordinary_ids,  # type: ignore[arg-type]
+                        batch_size=16, calibration=cal_ids, class_calibration=extra)
+    first = strong_leak(ctx)
+    assert first["extracted"] == [target] and first["calibration_false_positives"] == 0
+    (probe,) = first["probes"]
+    assert probe["prompt"] == int(extra[0])
+    rules = TryRules.from_dict(first["rules"])
+    k = next(k for k, t in enumerate(first["per_try"]) if t["try"] == first["weakest"][str(target)])
+    assert probe["bar"] == float(rules.bars(ds.labels[[int(extra[0])]])[0][k, 0])

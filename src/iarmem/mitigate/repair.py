@@ -171,7 +171,8 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
             return METRICS["tokens"].default_threshold
         if st.rules is None:
             return float(st.per_try[k]["threshold"])
-        return float(st.rules.bars(np.array([label_of[prompt]]))[0][k, 0])
+        # the prompt may be a calibration image (its generation copied a target): its dataset label
+        return float(st.rules.bars(np.array([label_of.get(prompt, int(ctx.ds.labels[prompt]))]))[0][k, 0])
 
     probes = [Probe(i, st.via[i], st.tries[st.weakest[i]], bar(st.weakest[i], st.via[i])) for i in out_targets]
     default_try = next(k for k, t in enumerate(st.tries) if t == Try(res.prefix, GREEDY))
