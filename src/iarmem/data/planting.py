@@ -123,12 +123,12 @@ def outside_by_class(plan: Plan, labels: np.ndarray, classes: Sequence[int] | np
     The strong attack's per-class bars (``attack.union``) need many never-trained images of the classes
     it judges; drawing them for the targets' classes only keeps that affordable.
     """
+    if n <= 0 or len(classes) == 0:
+        return np.empty(0, dtype=np.int64)
     rest = np.setdiff1d(np.setdiff1d(np.arange(plan.num_images, dtype=np.int64), plan.used_ids),
                         np.asarray(exclude, dtype=np.int64))
-    have = np.bincount(np.asarray(labels)[rest], minlength=int(np.max(labels, initial=0)) + 1) if len(rest) else []
-    counts = {int(c): min(n, int(have[c]) if c < len(have) else 0) for c in np.unique(np.asarray(classes)).tolist()}
-    if n <= 0 or not counts:
-        return np.empty(0, dtype=np.int64)
+    have = np.bincount(np.asarray(labels)[rest], minlength=int(np.max(labels)) + 1)
+    counts = {int(c): min(n, int(have[c])) for c in np.unique(np.asarray(classes)).tolist()}
     return take_per_class(labels, counts, seed=seed, purpose="class calibration", pool=rest)
 
 
