@@ -152,3 +152,29 @@ def test_a_round_that_stops_every_target_over_the_guard_is_pruned_before_it_is_r
         assert outcome.units == [5] and record["pruned_kept"] and "pruned from 3 to 1 units" in outcome.message
     else:  # still over the guard: refused, nothing kept
         assert outcome.units == [] and outcome.final is None and not record["pruned_kept"]
+
+
+def test_a_round_that_costs_class_accuracy_is_refused_though_fid_passes(ctx: RepairContext, tmp_path: Path) -> None:
+    """The issue's bar is FID and class accuracy: an edit that stops every target at +2 % FID but 6 points of
+    accuracy is refused, and the refusal names the accuracy; with the accuracy guard off it is clean."""
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+
+    def m(extracted: list[int], acc: list[float], order: list[int]) -> dict:
+        q = {"fid": 1.0, "fid_draws": [1.0, 1.0, 1.06], "class_accuracy": acc[0], "class_accuracy_draws": acc}
+        return {"units": len(order), "order": order, "quality": q,
+                "leak": {"extracted": extracted, "probes": [], "default_extracted": extracted}}
+
+    before = m([1], [0.8, 0.8, 0.8], []) | {"units": 0}
+    before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
+    steps = {"round1": m([], [0.74, 0.74, 0.74], [5, 6]), "prune": [5, 6]}
+    for drop, status in ((2.0, "quality"), (None, "clean")):
+        (tmp_path / "steps.json").write_text(json.dumps(steps))
+        outcome, _ = run_repair(ctx, RepairConfig(max_quality_loss=0.1, max_accuracy_drop=drop),
+                                Journal(tmp_path / "steps.json", World()), {1: [5, 6]}, lambda i: None, before)
+        assert outcome.status == status
+        if status == "quality":
+            assert "class accuracy" in outcome.message and outcome.units == [] and outcome.final is None
+        else:
+            assert outcome.units == [5, 6]

@@ -53,6 +53,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(runs: dict[str, Path],
     _fails([*base, "--leaked", str(runs["extract"]), "--max-units", "0"], capsys, out, "--max-units")
     _fails([*base, "--leaked", str(runs["extract"]), "--max-targets", "0"], capsys, out, "--max-targets")
     _fails([*base, "--leaked", str(runs["extract"]), "--quality-draws", "0"], capsys, out, "--quality-draws")
+    _fails([*base, "--leaked", str(runs["extract"]), "--max-accuracy-drop", "-1"], capsys, out,
+           "--max-accuracy-drop must be >= 0 points")
     _fails([*base, "--leaked", str(runs["extract"]), "--calibration-images", "-1"], capsys, out,
            "--calibration-images")
     _fails([*base, "--leaked", str(runs["extract"]), "--class-calibration-images", "-1"], capsys, out,

@@ -28,7 +28,8 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
               "final": _m(14, [], 2.2, 1.9),
               "alternatives": [_m(14, [1, 2, 3], 2.05) | {"name": "random", "setting": "14 random units of the same "
                                                           "layers (seed 0)", "cleaned": 0, "of": 3}],
-              "quality_noise": {"seeds": [0, 1, 2], "fid": [2.0, 2.3, 1.9], "median": 2.0, "relative_std": 0.104}}
+              "quality_noise": {"seeds": [0, 1, 2], "fid": [2.0, 2.3, 1.9], "median": 2.0, "relative_std": 0.104,
+                                "class_accuracy": [0.8, 0.78, 0.83], "class_accuracy_std_points": 2.5}}
     # the unedited model and round 2 drew three sampling seeds (means 6.2 / 3 and 7.6 / 3: +22.6 % seed for seed,
     # +10 % on the first draws); round 1 has one draw, read against the unedited model's first (+5.0 %)
     for m, draws in ((record["before"], [2.0, 2.3, 1.9]), (record["rounds"][1], [2.2, 2.9, 2.5]),
@@ -53,6 +54,7 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     assert "+22.6 %" in html and "+5.0 %" in html and "3 of 3" in html
     assert "1.9 / 1 / 2" in html and "0.1 / 1 / 2" in html
     assert "under 3 sampling seeds" in html and "a relative std of 10.4 %" in html  # the guard's noise floor
+    assert "a std of 2.5 points" in html  # and the accuracy guard's
     assert summary["fid_noise_relative_std"] == 0.104
     assert "calibrated together once, on the unedited model, on 200 never-trained images" in html
     assert "chance &lt;= 0.99 %" in html and "held-out false positives are out of sample" in html

@@ -49,3 +49,20 @@ def paired_change(q: dict[str, Any], q0: dict[str, Any], key: str) -> tuple[floa
     if q.get(key) is None or q0.get(key) is None:
         return None
     return float(q[key]) - float(q0[key]), None
+
+
+def refusal(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float,
+            max_accuracy_drop: float | None) -> str | None:
+    """Why the guard refuses ``q`` against the unedited ``q0`` (None: within it). FID may rise by
+    ``max_fid_increase`` (relative); class accuracy may fall by ``max_accuracy_drop`` points (None: not guarded),
+    both read as means over the paired draws. A record without class accuracy (no classifier) is judged on FID."""
+    reasons = []
+    rel = relative_fid(q, q0)
+    if rel > max_fid_increase:
+        reasons.append(f"{100 * rel:.1f} % FID, over --max-quality-loss {100 * max_fid_increase:g} %")
+    acc = paired_change(q, q0, "class_accuracy")
+    if max_accuracy_drop is not None and acc is not None and -100 * acc[0] > max_accuracy_drop:
+        se = "" if acc[1] is None else f" +- {100 * acc[1]:.1f}"
+        reasons.append(f"{100 * acc[0]:+.1f}{se} points of class accuracy, over --max-accuracy-drop "
+                       f"{max_accuracy_drop:g}")
+    return " and ".join(reasons) or None

@@ -9,8 +9,9 @@ localizer and its attack-checked refinement, removes the union of their units ex
 again, grows the sets of the images that still come out, and prunes units that are not needed;
 every kept edit is verified with the strong attack and the quality of held-out generations (FID,
 KID, precision / recall, class accuracy). An edit whose relative FID increase passes
---max-quality-loss is refused. Beside it, at the same leak: as many random units, the paper's top
-p % x 0.5, the logit-noise defense and fine-tuning the same units. --out becomes a model folder
+--max-quality-loss, or whose class accuracy falls by more than --max-accuracy-drop points, is
+refused. Beside it, at the same leak: as many random units, the paper's top p % x 0.5, the
+logit-noise defense and fine-tuning the same units. --out becomes a model folder
 (the edited model in the official layout, edit.json) with repair.json (every round, leak and
 quality before and after, the alternatives) and summary.json. Exit 0 when every target is stopped,
 1 for a partial repair (written, with the images it could not clean), 2 for bad input (nothing
@@ -38,6 +39,15 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _points(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of points or 'none', got {text!r}") from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model folder, or a preset name with --tokenizer/--weights")
     p.add_argument("data", help="'mnist', an image folder or a path list: the images the model trained on")
@@ -55,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budgets")
     g.add_argument("--max-quality-loss", type=float, default=0.10,
                    help="largest relative FID increase an edit may cost (default 0.10: 10 %%)")
+    g.add_argument("--max-accuracy-drop", type=_points, default=2.0, metavar="POINTS",
+                   help="largest fall in class accuracy of the generations an edit may cost, in points, the mean "
+                        "over the paired draws ('none': not guarded; default 2)")
     g.add_argument("--max-units", type=float, default=5.0,
                    help="largest share of the fc1 units the edit may remove, in %% (default 5)")
     g.add_argument("--max-rounds", type=int, default=4, help="attack-and-grow rounds (default 4)")
@@ -100,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     checks = [
         (not bad, f"unknown --alternatives {bad}; choose from {', '.join(ALTERNATIVES)}"),
         (args.max_quality_loss >= 0, f"--max-quality-loss must be >= 0, got {args.max_quality_loss}"),
+        (args.max_accuracy_drop is None or args.max_accuracy_drop >= 0,
+         f"--max-accuracy-drop must be >= 0 points (or 'none'), got {args.max_accuracy_drop}"),
         (0 < args.max_units <= 100, f"--max-units is a percent in (0, 100], got {args.max_units}"),
         (args.max_rounds >= 1, f"--max-rounds must be >= 1, got {args.max_rounds}"),
         (args.max_targets is None or args.max_targets >= 1, f"--max-targets must be >= 1, got {args.max_targets}"),

@@ -7,8 +7,9 @@
 3. Rounds: remove the union exactly (``exact`` x0), run the strong attack and the quality
    evaluation again. A target still extracted grows its set: units from its ranking re-computed on
    the edited model, doubling, until probes of every try that brought it back are stopped. Stop
-   when no target comes out, when the relative FID increase crosses ``max_quality_loss`` (that edit is
-   refused), when the union would pass ``max_units`` % of the fc1 units, or after ``max_rounds``.
+   when no target comes out, when the relative FID increase crosses ``max_quality_loss`` or class accuracy
+   falls by more than ``max_accuracy_drop`` points (that edit is refused), when the union would pass
+   ``max_units`` % of the fc1 units, or after ``max_rounds``.
 4. Prune: put back whole blocks, then single units (last added first), while every target's probes
    stay stopped; the pruned edit is kept only if the strong attack confirms it and the guard passes
    it. A round that stops every target but crosses the guard is pruned too before it is refused.
@@ -55,7 +56,7 @@ from iarmem.mitigate.select import Scores, pick_random, select_units
 from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unlearn
 from iarmem.models.base import IAR, Tokens
 from iarmem.progress import log
-from iarmem.quality_guard import mean_fid, relative_fid
+from iarmem.quality_guard import mean_fid, refusal
 from iarmem.tokens import load_views
 
 ALTERNATIVES = ("random", "paper", "noise", "unlearn")
@@ -67,6 +68,8 @@ JOURNAL_FILE = "repair_steps.json"
 @dataclass(frozen=True)
 class RepairConfig:
     max_quality_loss: float = 0.10  # relative FID increase an edit may cost
+    # points of class accuracy an edit may cost (None: not guarded); read, like FID, as the mean over paired draws
+    max_accuracy_drop: float | None = 2.0
     max_units: float = 5.0  # percent of the fc1 units the edit may remove
     max_rounds: int = 4
     prune_tries: int = 48  # single units tried back in the prune step
@@ -232,8 +235,12 @@ def quality_noise(ctx: RepairContext, before: dict[str, Any], draws: int) -> dic
         fids = [float(before["quality"]["fid"])] + [float(quality(ctx, seed=s)["fid"]) for s in seeds[1:]]
     f = np.asarray(fids)
     med = float(np.median(f))
-    return {"seeds": seeds, "fid": fids, "median": med,
-            "relative_std": float(f.std(ddof=1) / med) if len(f) > 1 and med else 0.0}
+    out = {"seeds": seeds, "fid": fids, "median": med,
+           "relative_std": float(f.std(ddof=1) / med) if len(f) > 1 and med else 0.0}
+    acc = [float(a) for a in before["quality"].get("class_accuracy_draws") or [] if a is not None]
+    if len(acc) == draws > 1:  # the accuracy guard's noise, in points (binomial at 200 generations: about 3)
+        out |= {"class_accuracy": acc, "class_accuracy_std_points": float(100 * np.std(acc, ddof=1))}
+    return out
 
 
 def measure(ctx: RepairContext, flat: np.ndarray | None = None, *, edit: str = "exact", factor: float = 0.0,
@@ -265,8 +272,13 @@ def membership(ctx: RepairContext) -> dict[str, Any] | None:
     return {"auc": out, "mean_loss": loss}
 
 
+def quality_refusal(q: dict[str, Any], q0: dict[str, Any], cfg: RepairConfig) -> str | None:
+    """Why the quality guard refuses the state ``q`` (None: it passes)."""
+    return refusal(q, q0, cfg.max_quality_loss, cfg.max_accuracy_drop)
+
+
 def within_quality(q: dict[str, Any], q0: dict[str, Any], cfg: RepairConfig) -> bool:
-    return relative_fid(q, q0) <= cfg.max_quality_loss
+    return quality_refusal(q, q0, cfg) is None
 
 
 # ---- growing, pruning -----------------------------------------------------------------------------------
@@ -363,10 +375,9 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
             log(f"repair round {r}: {len(order)} units, {len(survivors)} of {len(work)} targets still extracted"
                 + (f" and {len(revealed)} brought out" if revealed else "")
                 + f", FID {mean_fid(m['quality']):.3g} (before {mean_fid(q0):.3g})")
-        if not within_quality(m["quality"], q0, cfg):
-            status = "quality"
-            message = (f"round {r} costs {100 * relative_fid(m['quality'], q0):.1f} % FID, over --max-quality-loss "
-                       f"{100 * cfg.max_quality_loss:g} %: refused")
+        refused = quality_refusal(m["quality"], q0, cfg)
+        if refused is not None:
+            status, message = "quality", f"round {r} costs {refused}: refused"
             break
         if not survivors and not revealed:
             status, message = "clean", f"every target stopped after round {r}"

@@ -131,7 +131,9 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     unitmem = load_localization(args.unitmem) if args.unitmem else None
     if unitmem is not None:
         check_architecture(unitmem, iar, args.model)
-    cfg = RepairConfig(args.max_quality_loss, args.max_units, args.max_rounds, args.prune_tries, alternatives=alts,
+    cfg = RepairConfig(max_quality_loss=args.max_quality_loss, max_accuracy_drop=args.max_accuracy_drop,
+                       max_units=args.max_units, max_rounds=args.max_rounds, prune_tries=args.prune_tries,
+                       alternatives=alts,
                        paper_tops=tuple(args.paper_tops), noise_levels=tuple(args.noise_levels),
                        unlearn=UnlearnConfig(steps=args.unlearn_steps), quality_draws=args.quality_draws,
                        seed=args.seed)
@@ -191,6 +193,12 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
             f"{len(noise['fid'])} sampling seeds) with no edit, so the guard's FID change moves about "
             f"{100 * guard_noise:.1f} %; a --max-quality-loss of {100 * cfg.max_quality_loss:g} % is within that "
             f"noise: raise --quality-draws or --n-per-class")
+    acc_noise = (noise or {}).get("class_accuracy_std_points", 0.0) * (2 / cfg.quality_draws) ** 0.5
+    if cfg.max_accuracy_drop is not None and acc_noise > cfg.max_accuracy_drop / 2:
+        log(f"note: the unedited model's class accuracy moves {noise['class_accuracy_std_points']:.1f} points (std "
+            f"over {cfg.quality_draws} sampling seeds) with no edit, so the guard's accuracy change moves about "
+            f"{acc_noise:.1f} points; a --max-accuracy-drop of {cfg.max_accuracy_drop:g} is within that noise: "
+            f"raise --quality-draws or --n-per-class")
     record: dict[str, Any] = {"format": "iarmem.repair", "version": 1, "targets": [int(i) for i in targets],
                               "extracted_before": work,
                               "not_extracted_before": [int(i) for i in targets if int(i) not in work],

@@ -41,7 +41,9 @@ def _noise(r: dict[str, Any]) -> str:
         return ""
     return (f"FID of the unedited model under {len(fids)} sampling seeds (same reference images): "
             f"{', '.join(num(f) for f in fids)}, a relative std of {100 * n.get('relative_std', 0.0):.1f} %: an FID "
-            "change within that moves with the seed alone.")
+            "change within that moves with the seed alone."
+            + (f" Class accuracy under the same seeds: {', '.join(num(a) for a in n['class_accuracy'])}, a std of "
+               f"{float(n['class_accuracy_std_points']):.1f} points." if n.get("class_accuracy") else ""))
 
 
 def _bars(r: dict[str, Any]) -> str:
