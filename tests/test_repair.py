@@ -178,3 +178,37 @@ def test_a_round_that_costs_class_accuracy_is_refused_though_fid_passes(ctx: Rep
             assert "class accuracy" in outcome.message and outcome.units == [] and outcome.final is None
         else:
             assert outcome.units == [5, 6]
+
+
+def test_a_pruned_edit_the_strong_attack_sees_through_is_pruned_again_holding_the_try_it_used(
+        ctx: RepairContext, tmp_path: Path) -> None:
+    """The first prune holds only the probes seen so far (here one every edit stops) and leaves one unit; the
+    strong attack brings the copy back with the default greedy try, which then joins the probes, and the second
+    prune keeps the copy's units: the kept edit stops that try on the real model."""
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+
+    inj = injected_var()
+    truth = ctx.scores.to_flat(inj.units).tolist()
+    extra = np.setdiff1d(np.arange(len(ctx.scores.flat)), truth)[:6].tolist()
+    grown = [int(u) for u in truth + extra]
+    seen_through = _default_probe(ctx, 0)  # bar 0.9: the copy comes back at ~1.0 unless its units are gone
+
+    def m(extracted: list[int], order: list[int], found: list[Probe] = ()) -> dict:  # type: ignore[assignment]
+        return {"units": len(order), "order": order, "quality": {"fid": 1.0},
+                "leak": {"extracted": extracted, "probes": [p.as_dict() for p in found],
+                         "default_extracted": extracted}}
+
+    before = m([0], []) | {"units": 0}
+    before["leak"] |= {"default_prefix": default_prefix(ctx.iar), "default_probe_bar": 1.5}  # always "stopped"
+    steps = {"round1": m([], grown), "pruned": m([0], [grown[0]], [seen_through]), "pruned2": m([], [])}
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    journal = Journal(tmp_path / "steps.json", World())
+    outcome, record = run_repair(ctx, RepairConfig(prune_tries=len(grown)), journal, {0: grown}, lambda i: None,
+                                 before)
+    assert len(journal.steps["prune"]) == 1  # the first prune, held by a probe every edit stops
+    assert outcome.status == "clean" and outcome.units == journal.steps["prune2"]
+    assert set(outcome.units) <= set(grown) and len(outcome.units) < len(grown)
+    assert probes_stopped(ctx, np.asarray(outcome.units), [seen_through], 0.05)
+    assert [a["kept"] for a in record["prune_attempts"]] == [False, True] and record["pruned_kept"]

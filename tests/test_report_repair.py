@@ -66,3 +66,8 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     del record["before"]["leak"]["rules"]  # a repair whose tries were calibrated on the held-out at every row
     write_json(out / "repair.json", record)
     assert "the held-out false positives are in sample" in build_report([str(tmp_path)])
+    record["prune_attempts"] = [_m(3, [2], 2.0) | {"kept": False}, _m(5, [], 2.1) | {"kept": True}]
+    write_json(out / "repair.json", record)
+    html = build_report([str(tmp_path)])
+    assert 'data-label="edit">pruned, attempt 1 (not kept)</td>' in html  # the strong attack saw through it
+    assert 'data-label="edit">pruned, attempt 2</td>' in html

@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest share of the fc1 units the edit may remove, in %% (default 5)")
     g.add_argument("--max-rounds", type=int, default=4, help="attack-and-grow rounds (default 4)")
     g.add_argument("--prune-tries", type=int, default=48, help="single units tried back when pruning (default 48)")
+    g.add_argument("--prune-rounds", type=int, default=3,
+                   help="prune attempts: when the strong attack sees through a pruned edit, the tries it used join "
+                        "the probes and the grown edit is pruned again (default 3)")
     g = p.add_argument_group("alternatives (same leak)")
     g.add_argument("--alternatives", default="random,paper,noise,unlearn",
                    help="comma list of random, paper, noise, unlearn ('' for none; default all)")
@@ -118,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         (0 < args.max_units <= 100, f"--max-units is a percent in (0, 100], got {args.max_units}"),
         (args.max_rounds >= 1, f"--max-rounds must be >= 1, got {args.max_rounds}"),
         (args.max_targets is None or args.max_targets >= 1, f"--max-targets must be >= 1, got {args.max_targets}"),
+        (args.prune_rounds >= 1, f"--prune-rounds must be >= 1, got {args.prune_rounds}"),
         (args.prune_tries >= 0, f"--prune-tries must be >= 0, got {args.prune_tries}"),
         (args.n_per_class >= 2, f"--n-per-class must be >= 2 (FID needs a covariance), got {args.n_per_class}"),
         (args.unlearn_steps >= 1, f"--unlearn-steps must be >= 1, got {args.unlearn_steps}"),

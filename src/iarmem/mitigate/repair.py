@@ -12,7 +12,9 @@
    ``max_units`` % of the fc1 units, or after ``max_rounds``.
 4. Prune: put back whole blocks, then single units (last added first), while every target's probes
    stay stopped; the pruned edit is kept only if the strong attack confirms it and the guard passes
-   it. A round that stops every target but crosses the guard is pruned too before it is refused.
+   it. When the strong attack sees through it, the tries it used join the probes and the grown set is
+   pruned again (``prune_rounds`` attempts). A round that stops every target but crosses the guard is
+   pruned too before it is refused.
 5. Alternatives at the same leak: as many random units of the same layers, the paper's global top
    p % x 0.5 (the smallest p of a grid whose probes all stop), the logit-noise defense (the smallest
    std that does), and fine-tuning the repair's own units (``unlearn``).
@@ -73,6 +75,9 @@ class RepairConfig:
     max_units: float = 5.0  # percent of the fc1 units the edit may remove
     max_rounds: int = 4
     prune_tries: int = 48  # single units tried back in the prune step
+    # prune attempts: one whose edit the strong attack sees through adds the try it used to the probes and prunes the
+    # grown set again (a probe screens the tries seen so far; the strong attack may find another)
+    prune_rounds: int = 3
     # probes: stopped means agreement <= the try's threshold minus this; below the refinement's 0.1 because the
     # repair's bars are the calibrated ones (0.4-0.9), already far under the absolute 0.9, and the strong attack
     # verifies every kept edit
@@ -425,19 +430,31 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
     if start is not None:
         grown_units = list(start["order"])
         probes = [p for ps in target_probes(before, work, rounds).values() for p in ps]
-        pruned = journal.step("prune", lambda: prune(ctx, grown_units, probes, cfg.margin, cfg.prune_tries))
-        record["pruned_units"] = len(pruned)
-        if len(pruned) < len(grown_units):
-            mp = journal.step("pruned", lambda: measure(ctx, np.asarray(pruned)) | {"order": list(pruned)})
-            record["pruned"] = mp
+        attempts: list[dict[str, Any]] = []
+        for k in range(1, cfg.prune_rounds + 1):
+            tag = "" if k == 1 else str(k)  # the first attempt's names are those of journals before there were more
+            pruned = journal.step(f"prune{tag}", lambda ps=list(probes): prune(ctx, grown_units, ps, cfg.margin,
+                                                                               cfg.prune_tries))
+            if len(pruned) == len(grown_units):
+                break
+            mp = journal.step(f"pruned{tag}", lambda u=pruned: measure(ctx, np.asarray(u)) | {"order": list(u)})
             ok = not mp["leak"]["extracted"] and within_quality(mp["quality"], q0, cfg)
-            record["pruned_kept"] = ok
-            if ok and status == "quality":
-                status, message = "clean", (
-                    f"every target stopped after round {len(rounds)}, pruned from {len(grown_units)} to "
-                    f"{len(pruned)} units within the quality guard ({message} before pruning)")
+            attempts.append(mp | {"kept": ok})
             if ok:
+                if status == "quality":
+                    status, message = "clean", (
+                        f"every target stopped after round {len(rounds)}, pruned from {len(grown_units)} to "
+                        f"{len(pruned)} units within the quality guard ({message} before pruning)")
                 best, units = mp, list(pruned)
+                break
+            # the strong attack found a try the probes let through: hold it too and prune the grown set again
+            fresh = [p for p in map(Probe.from_dict, mp["leak"]["probes"]) if p not in probes]
+            if not mp["leak"]["extracted"] or not fresh:
+                break
+            probes += fresh
+        record["pruned_units"] = len(attempts[-1]["order"]) if attempts else len(grown_units)
+        if attempts:
+            record |= {"pruned": attempts[-1], "pruned_kept": attempts[-1]["kept"], "prune_attempts": attempts}
     if best is None:  # an edit that stops no target is not worth its cost: nothing is kept
         return Outcome(status, [], None, message + "; no edit within the budgets lowers the number of targets "
                        "extracted"), record

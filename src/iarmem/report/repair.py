@@ -75,8 +75,11 @@ def repair_section(groups: list[ModelGroup]) -> str:
             n = len(r.get("targets", []))
             rows = [_row("unedited", before, n, q0)]
             rows += [_row(f"round {k}", m, n, q0) for k, m in enumerate(r.get("rounds", []), 1)]
-            if r.get("pruned"):
-                rows.append(_row("pruned" + ("" if r.get("pruned_kept") else " (not kept)"), r["pruned"], n, q0))
+            attempts = r.get("prune_attempts") or ([r["pruned"] | {"kept": r.get("pruned_kept")}] if r.get("pruned")
+                                                   else [])
+            rows += [_row("pruned" + (f", attempt {k}" if len(attempts) > 1 else "") + ("" if a.get("kept") else
+                                                                                      " (not kept)"), a, n, q0)
+                     for k, a in enumerate(attempts, 1)]
             rows += [_row(f"alternative: {esc(a.get('setting', a.get('name')))}", a, n, q0)
                      for a in r.get("alternatives", [])]
             body = (f"<h3>{esc(g.label)} &middot; {run_label(run)}</h3><p>{esc(s.get('sentence', ''))}</p>"
