@@ -11,7 +11,7 @@ import pytest
 import torch
 from trained import injected_var
 
-from iarmem.attack.generate import GREEDY, agreements, default_prefix
+from iarmem.attack.generate import GREEDY, Decoding, agreements, default_prefix
 from iarmem.attack.settings import AttackSettings
 from iarmem.attack.strong import Try
 from iarmem.distributed import World
@@ -212,3 +212,57 @@ def test_a_pruned_edit_the_strong_attack_sees_through_is_pruned_again_holding_th
     assert set(outcome.units) <= set(grown) and len(outcome.units) < len(grown)
     assert probes_stopped(ctx, np.asarray(outcome.units), [seen_through], 0.05)
     assert [a["kept"] for a in record["prune_attempts"]] == [False, True] and record["pruned_kept"]
+
+
+@pytest.mark.parametrize("noise", [0.0, 2.0])
+def test_a_probe_repeats_the_strong_attack_s_sampled_draw_of_an_image_in_any_batch(ctx: RepairContext,
+                                                                                   noise: float) -> None:
+    """A sampled try (or logit noise) draws per row, seeded by the image id: the probe of image 1 alone gives the
+    generation the strong attack drew for it as the second row of a batch (with batch-seeded draws the probe
+    screened a different sample, and the strong attack found the copy again)."""
+    from iarmem.attack.strong import _generate
+
+    inj = injected_var()
+    sampled = Try(1, Decoding(greedy=False, seed=2))
+    gt = torch.cat([inj.keep.ids_BL[:3], inj.seqs.ids_BL[1:2]]).to(torch.int32)
+    ids = np.array([40, 41, 42, 1])  # image 1 is the fourth row of the attack's batch
+    labels = np.array([0, 1, 2, int(inj.labels[1])])
+    s = AttackSettings(batch_size=4, logit_noise=noise)
+    gen = _generate(ctx.iar, gt, labels, sampled, s, World(), ids)
+    tokens = {1: inj.seqs.ids_BL[1], 77: gen[3]}  # 77: the attack's own generation for image 1, as an "image"
+    got = probe.agreements(ctx.iar, [Probe(77, 1, sampled, 0.9)], tokens, {1: int(inj.labels[1])}, noise=noise)
+    assert got[0] == 1.0  # the probe from image 1's prompt draws exactly that generation
+    alone = _generate(ctx.iar, gt[3:], labels[3:], sampled, s, World(), ids[3:])
+    assert torch.equal(alone[0], gen[3])
+    other = _generate(ctx.iar, gt[3:], labels[3:], sampled, s, World(), np.array([99]))  # another image's draw
+    assert not torch.equal(other[0], gen[3])
+
+
+def test_a_target_that_comes_back_after_a_grow_is_probed_by_every_try_at_its_class_bars(ctx: RepairContext) -> None:
+    """Probes hold the tries seen so far; a target extracted in two rounds (it came back by another try) is held to
+    every try of the strong attack from its own prompt, each at the bar its class is judged by."""
+    import dataclasses
+
+    from iarmem.attack.decide import METRICS
+    from iarmem.attack.strong import strong_tries
+    from iarmem.attack.union import union_rules
+    from iarmem.mitigate.repair import RepairConfig, round_probes
+
+    p = default_prefix(ctx.iar)
+    tries = strong_tries(ctx.iar, p)
+    rng = np.random.default_rng(0)
+    own = rng.uniform(0.2, 0.6, (len(tries), 200))
+    rules = union_rules(METRICS["tokens"], own, own - rng.uniform(0.0, 0.3, own.shape), 0.01)
+    c = dataclasses.replace(ctx, rules=rules, tokens=dict(ctx.tokens), labels=dict(ctx.labels))
+    before = {"leak": {"default_prefix": p, "default_probe_bar": 0.9, "metric": "tokens", "probes": [],
+                       "extracted": [0]}}
+    once, twice = [{"leak": {"extracted": [0], "probes": []}}], [{"leak": {"extracted": [0], "probes": []}}] * 2
+    assert len(round_probes(c, RepairConfig(), before, [0], once)[0]) == 1  # the default try only
+    probes = round_probes(c, RepairConfig(), before, [0], twice)[0]
+    every = [q for q in probes if q.bar != 0.9]
+    assert [q.attempt for q in every] == tries and all(q.prompt == q.image == 0 for q in every)
+    np.testing.assert_allclose([q.bar for q in every], rules.bars(np.array([ctx.labels[0]]))[0][:, 0])
+    assert len(round_probes(c, RepairConfig(every_try_after=0), before, [0], twice)[0]) == 1  # turned off
+    other = {"leak": before["leak"] | {"metric": "ssim"}}  # bars in another metric do not bound token agreement
+    assert len(round_probes(c, RepairConfig(), other, [0], twice)[0]) == 1
+    assert len(round_probes(ctx, RepairConfig(), before, [0], twice)[0]) == 1  # no fixed bars: try by try

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from iarmem.errors import UserError
 from iarmem.models.base import IAR, Tokens
+from iarmem.models.sampling import Rng
 
 PAPER_PREFIX_SCALES = 4  # of VAR's 10 scales
 PAPER_PREFIX_TOKENS = 30  # of RAR's 16 x 16 raster tokens
@@ -97,15 +99,21 @@ GREEDY = Decoding()
 
 @torch.no_grad()
 def generate_batch(iar: IAR, gt: Tokens, labels: Tensor, prefix: int, *, logit_noise: float = 0.0,
-                   seed: int = 0, batch_index: int = 0, decoding: Decoding = GREEDY) -> Tokens:
+                   seed: int = 0, batch_index: int = 0, decoding: Decoding = GREEDY,
+                   row_seeds: Sequence[int] | None = None) -> Tokens:
     """KV-cached generation from the first ``prefix`` steps of ``gt`` (default: greedy, conditional only).
 
     ``logit_noise`` > 0 adds N(0, std^2) to the logits before the token choice (the defense
     baseline). Noise and sampling draw from a generator seeded by (seed + decoding seed, batch
-    index), so shards and reruns agree.
+    index), so shards and reruns agree; with ``row_seeds`` (the attack passes image ids) from one
+    generator per row, so a row's draw is the same whatever batch it sits in: the repair's probe of one
+    image then regenerates exactly what the strong attack drew for it among hundreds.
     """
-    gen = None
-    if logit_noise > 0 or not decoding.greedy:
+    gen: Rng = None
+    if (logit_noise > 0 or not decoding.greedy) and row_seeds is not None:
+        gen = [torch.Generator(device=iar.device).manual_seed(batch_seed(seed + decoding.seed, int(r)))
+               for r in row_seeds]
+    elif logit_noise > 0 or not decoding.greedy:
         gen = torch.Generator(device=iar.device).manual_seed(batch_seed(seed + decoding.seed, batch_index))
     out = iar.generate(labels.to(iar.device), prefix=gt.to(iar.device), prefix_len=prefix, greedy=decoding.greedy,
                        cfg=decoding.cfg, temperature=decoding.temperature, top_k=decoding.top_k,

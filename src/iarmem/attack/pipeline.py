@@ -142,7 +142,7 @@ def generate_tokens(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndar
         x, _ = load_views(iar, ds, ids[rows], 0, s.seed)
         gt = iar.tokenize(x)
         gen = generate_batch(iar, gt, torch.as_tensor(labels[rows]), prefix, logit_noise=s.logit_noise,
-                             seed=s.seed, batch_index=b)
+                             seed=s.seed, batch_index=b, row_seeds=ids[rows].tolist())
         return {"gt": gt.ids_BL.to("cpu", torch.int32).numpy(), "gen": gen.ids_BL.to("cpu", torch.int32).numpy()}
 
     with torch.no_grad():

@@ -111,8 +111,10 @@ class StrongResult:
     calibration_passes: int = 0  # calibration images extracted by some try (in sample when ``rules`` came from them)
 
 
-def _generate(iar: IAR, gt: Tensor, labels: np.ndarray, t: Try, s: AttackSettings, world: World) -> Tensor:
-    """[N, L] int32 generations of one non-trigger try from the ground-truth tokens ``gt``."""
+def _generate(iar: IAR, gt: Tensor, labels: np.ndarray, t: Try, s: AttackSettings, world: World,
+              ids: np.ndarray) -> Tensor:
+    """[N, L] int32 generations of one non-trigger try from the ground-truth tokens ``gt`` of images ``ids``
+    (each row's draws seeded by its image id: the same in any batch, so a probe of one image repeats them)."""
     n = len(gt)
     batches = list(range(0, n, s.batch_size))
     local = {}
@@ -120,7 +122,7 @@ def _generate(iar: IAR, gt: Tensor, labels: np.ndarray, t: Try, s: AttackSetting
         rows = slice(b, min(n, b + s.batch_size))
         out = generate_batch(iar, Tokens(gt[rows].long(), iar.grids), torch.as_tensor(labels[rows]), t.prefix,
                              logit_noise=s.logit_noise, seed=s.seed, batch_index=b // s.batch_size,
-                             decoding=t.decoding)
+                             decoding=t.decoding, row_seeds=ids[rows].tolist())
         local[b] = out.ids_BL.to("cpu", torch.int32)
     merged: dict[int, Tensor] = {}
     for part in all_gather_object(local, world):
@@ -238,7 +240,7 @@ def run_strong(iar: IAR, ds: ImageDataset, ids: np.ndarray, labels: np.ndarray, 
     gens: dict[Try, Tensor] = {}
     with torch.no_grad():
         for t in progress([t for t in tries if not t.trigger], desc="strong attack", enabled=world.is_main):
-            gens[t] = _generate(iar, gt, labels, t, s, world)
+            gens[t] = _generate(iar, gt, labels, t, s, world, ids)
     gens |= _triggers(iar, gt, labels, tries, s.trigger_steps, world, s.logit_noise, s.seed)
     t_gen = time.monotonic() - t0
     n = len(ids)

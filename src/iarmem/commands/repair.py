@@ -75,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prune-rounds", type=int, default=3,
                    help="prune attempts: when the strong attack sees through a pruned edit, the tries it used join "
                         "the probes and the grown edit is pruned again (default 3)")
+    g.add_argument("--every-try-after", type=int, default=2, metavar="R",
+                   help="a target extracted in R rounds (it came back by a try its probes had not seen) is probed "
+                        "with every try of the strong attack, at its class's bars (default 2; 0: never)")
     g = p.add_argument_group("alternatives (same leak)")
     g.add_argument("--alternatives", default="random,paper,noise,unlearn",
                    help="comma list of random, paper, noise, unlearn ('' for none; default all)")
@@ -121,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         (0 < args.max_units <= 100, f"--max-units is a percent in (0, 100], got {args.max_units}"),
         (args.max_rounds >= 1, f"--max-rounds must be >= 1, got {args.max_rounds}"),
         (args.max_targets is None or args.max_targets >= 1, f"--max-targets must be >= 1, got {args.max_targets}"),
+        (args.every_try_after >= 0, f"--every-try-after must be >= 0 (0: never), got {args.every_try_after}"),
         (args.prune_rounds >= 1, f"--prune-rounds must be >= 1, got {args.prune_rounds}"),
         (args.prune_tries >= 0, f"--prune-tries must be >= 0, got {args.prune_tries}"),
         (args.n_per_class >= 2, f"--n-per-class must be >= 2 (FID needs a covariance), got {args.n_per_class}"),

@@ -51,11 +51,12 @@ class Probe:
 
 @torch.no_grad()
 def _generate(iar: IAR, attempt: Try, gt: Tensor, labels: Tensor, noise: float, seed: int,
-              trigger_steps: int) -> Tensor:
-    """[N, L] generations of one try from the prompts ``gt`` (triggers searched per class round)."""
+              trigger_steps: int, prompts: list[int]) -> Tensor:
+    """[N, L] generations of one try from the prompts ``gt`` of images ``prompts`` (their draws seeded by id, as
+    the strong attack's are; triggers searched per class round)."""
     if not attempt.trigger:
         return generate_batch(iar, Tokens(gt, iar.grids), labels, attempt.prefix, logit_noise=noise, seed=seed,
-                              decoding=attempt.decoding).ids_BL.cpu()
+                              decoding=attempt.decoding, row_seeds=prompts).ids_BL.cpu()
     out = torch.empty_like(gt)
     for rows in trigger_rounds(labels.numpy()):
         target, lab = Tokens(gt[rows], iar.grids), labels[rows]
@@ -79,7 +80,7 @@ def agreements(iar: IAR, probes: list[Probe], tokens: Mapping[int, Tensor], labe
         prompts = sorted({probes[i].prompt for i in rows})
         gt = torch.stack([tokens[j] for j in prompts]).long().to(iar.device)
         lab = torch.tensor([labels[j] for j in prompts])
-        gen = _generate(iar, attempt, gt, lab, noise, seed, trigger_steps)
+        gen = _generate(iar, attempt, gt, lab, noise, seed, trigger_steps, prompts)
         start = prefix_tokens(iar, attempt.prefix)
         where = {j: k for k, j in enumerate(prompts)}
         for i in rows:

@@ -41,7 +41,7 @@ from iarmem.attack.neighbours import TokenCache
 from iarmem.attack.pipeline import attack_ids, score_images
 from iarmem.attack.settings import AttackSettings
 from iarmem.attack.similarity import Embedder
-from iarmem.attack.strong import Try, run_strong
+from iarmem.attack.strong import Try, run_strong, strong_tries
 from iarmem.attack.union import TryRules
 from iarmem.data import ImageDataset, Plan
 from iarmem.distributed import World
@@ -78,6 +78,9 @@ class RepairConfig:
     # prune attempts: one whose edit the strong attack sees through adds the try it used to the probes and prunes the
     # grown set again (a probe screens the tries seen so far; the strong attack may find another)
     prune_rounds: int = 3
+    # a target extracted in this many rounds (it came back after a grow) is probed with every try of the strong
+    # attack from its own prompt, at its class's bars, not only the tries seen so far (0: never)
+    every_try_after: int = 2
     # probes: stopped means agreement <= the try's threshold minus this; below the refinement's 0.1 because the
     # repair's bars are the calibrated ones (0.4-0.9), already far under the absolute 0.9, and the strong attack
     # verifies every kept edit
@@ -203,6 +206,7 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
         METRICS["tokens"].default_threshold,  # the overall bar (journals before class bars read only this)
         "default_probe_bars": {str(i): bar(default_try, int(i)) for i in ctx.targets.tolist()},
         "default_prefix": int(res.prefix),
+        "metric": res.metric,
         "seconds": round(st.timing["total_s"] + res.timing.get("generation_s", 0.0), 2),
     }
 
@@ -353,6 +357,35 @@ def target_probes(before: dict[str, Any], work: list[int], rounds: list[dict[str
     return out
 
 
+def every_try_probes(ctx: RepairContext, before: dict[str, Any], image: int) -> list[Probe]:
+    """Every try of the strong attack from ``image``'s own prompt, at the bars its class is judged by: for a target
+    the strong attack keeps finding by a try the probes had not seen. None when the bars are not token agreement or
+    were set try by try (no fixed ``rules``)."""
+    leak = before["leak"]
+    metric = leak.get("metric") or ("tokens" if not ctx.extractors else None)  # journals before it was recorded
+    if ctx.rules is None or metric != "tokens":
+        return []
+    tries = strong_tries(ctx.iar, int(leak["default_prefix"]))
+    bars = ctx.rules.bars(np.array([ctx.labels[image]]))[0][:, 0]
+    if len(bars) != len(tries):
+        return []
+    return [Probe(image, image, t, float(b)) for t, b in zip(tries, bars)]
+
+
+def round_probes(ctx: RepairContext, cfg: RepairConfig, before: dict[str, Any], work: list[int],
+                 rounds: list[dict[str, Any]]) -> dict[int, list[Probe]]:
+    """The probes a grow or prune step holds: ``target_probes``, and every try for a target that has come back
+    after a grow (extracted in ``cfg.every_try_after`` rounds)."""
+    out = target_probes(before, work, rounds)
+    if cfg.every_try_after < 1:
+        return out
+    for i in out:
+        if sum(i in m["leak"]["extracted"] for m in rounds) >= cfg.every_try_after:
+            ctx.eval_tokens(np.array([i]))
+            out[i] += [p for p in every_try_probes(ctx, before, i) if p not in out[i]]
+    return out
+
+
 def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined: dict[int, list[int]],
                rerank_of: Callable[[int], Rerank], before: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
     """The rounds and the prune step; returns the outcome and the record of every round."""
@@ -394,7 +427,7 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
             break
         if r == cfg.max_rounds:
             break
-        probes = target_probes(before, work, rounds)
+        probes = round_probes(ctx, cfg, before, work, rounds)
 
         def grow_all(order: list[int] = order, survivors: list[int] = survivors,
                      probes: dict[int, list[Probe]] = probes) -> dict[str, Any]:
@@ -429,7 +462,7 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
         rounds[-1] if status == "quality" and not rounds[-1]["leak"]["extracted"] else None)
     if start is not None:
         grown_units = list(start["order"])
-        probes = [p for ps in target_probes(before, work, rounds).values() for p in ps]
+        probes = [p for ps in round_probes(ctx, cfg, before, work, rounds).values() for p in ps]
         attempts: list[dict[str, Any]] = []
         for k in range(1, cfg.prune_rounds + 1):
             tag = "" if k == 1 else str(k)  # the first attempt's names are those of journals before there were more

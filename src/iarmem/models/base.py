@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from iarmem.models.sampling import Rng
+
 
 @dataclass(frozen=True)
 class Tokens:
@@ -202,7 +204,7 @@ class IAR(nn.Module, abc.ABC):
         top_k: int = 0,
         top_p: float = 0.0,
         logit_noise: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Rng = None,
         use_cache: bool = True,
         return_logits: bool = False,
     ) -> Tokens | tuple[Tokens, Tensor]:

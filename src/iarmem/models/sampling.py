@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
+
+# one generator for the batch, or one per row: a row's draws then do not depend on the rows beside it
+Rng = torch.Generator | Sequence[torch.Generator] | None
 
 
 def filter_top_k_top_p(logits_BlV: Tensor, top_k: int = 0, top_p: float = 0.0) -> Tensor:
@@ -33,21 +38,29 @@ def pick_tokens(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Rng = None,
 ) -> Tensor:
-    """[B, l, V] logits -> [B, l] token ids: argmax when greedy, else a filtered, tempered draw."""
+    """[B, l, V] logits -> [B, l] token ids: argmax when greedy, else a filtered, tempered draw (row b from
+    ``generator[b]`` when it is one per row)."""
     if greedy:
         return logits_BlV.argmax(dim=-1)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     B, l, V = logits_BlV.shape
     probs = filter_top_k_top_p(logits_BlV.float() / temperature, top_k, top_p).softmax(dim=-1)
+    if isinstance(generator, Sequence):
+        return torch.cat([torch.multinomial(probs[b], 1, generator=g).view(1, l) for b, g in enumerate(generator)])
     return torch.multinomial(probs.view(-1, V), 1, generator=generator).view(B, l)
 
 
-def add_logit_noise(logits_BlV: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
+def add_logit_noise(logits_BlV: Tensor, std: float, generator: Rng) -> Tensor:
     """The defense baseline of Kowalczuk et al.: Gaussian noise on the logits before the choice."""
     if std <= 0:
         return logits_BlV
-    noise = torch.randn(logits_BlV.shape, generator=generator, device=logits_BlV.device, dtype=logits_BlV.dtype)
+    if isinstance(generator, Sequence):
+        noise = torch.stack([torch.randn(logits_BlV.shape[1:], generator=g, device=logits_BlV.device,
+                                         dtype=logits_BlV.dtype) for g in generator])
+    else:
+        noise = torch.randn(logits_BlV.shape, generator=generator, device=logits_BlV.device,
+                            dtype=logits_BlV.dtype)
     return logits_BlV + std * noise

@@ -21,7 +21,7 @@ from iarmem.models.base import IAR, UNIT_KINDS, Tokens, UnitLayer
 from iarmem.models.llamagen.tokenizer import VQArgs, VQModel
 from iarmem.models.llamagen.transformer import GPTArgs, Transformer
 from iarmem.models.registry import Preset
-from iarmem.models.sampling import add_logit_noise, pick_tokens
+from iarmem.models.sampling import Rng, add_logit_noise, pick_tokens
 
 
 def _unwrap(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,7 +215,7 @@ class LlamaGenFamily(IAR):
         top_k: int = 0,
         top_p: float = 0.0,
         logit_noise: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Rng = None,
         use_cache: bool = True,
         return_logits: bool = False,
     ) -> Tokens | tuple[Tokens, Tensor]:

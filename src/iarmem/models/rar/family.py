@@ -23,7 +23,7 @@ from iarmem.models.base import IAR, UNIT_KINDS, Tokens, UnitLayer
 from iarmem.models.rar.tokenizer import MaskGitVQGAN, VQGANConfig
 from iarmem.models.rar.transformer import TIMESTEP_EXTRA_ROWS, KVCache, RARConfig, RARTransformer
 from iarmem.models.registry import Preset
-from iarmem.models.sampling import add_logit_noise, pick_tokens
+from iarmem.models.sampling import Rng, add_logit_noise, pick_tokens
 
 ENCODER_KEY = "modeling.modules.maskgit_vqgan.Encoder"
 DECODER_KEY = "modeling.modules.maskgit_vqgan.Decoder"
@@ -305,7 +305,7 @@ class RARFamily(IAR):
         top_k: int = 0,
         top_p: float = 0.0,
         logit_noise: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Rng = None,
         use_cache: bool = True,
         return_logits: bool = False,
         cfg_power: float | None = None,

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from iarmem.models.base import IAR, Tokens, UnitLayer
 from iarmem.models.registry import Preset
-from iarmem.models.sampling import add_logit_noise, pick_tokens
+from iarmem.models.sampling import Rng, add_logit_noise, pick_tokens
 from iarmem.models.var.transformer import VAR, KVCache, VARConfig
 from iarmem.models.var.vqvae import VQVAE, VQVAEConfig
 
@@ -154,7 +154,7 @@ class VARFamily(IAR):
         top_k: int = 0,
         top_p: float = 0.0,
         logit_noise: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Rng = None,
         use_cache: bool = True,
         return_logits: bool = False,
     ) -> Tokens | tuple[Tokens, Tensor]:
