@@ -48,8 +48,12 @@ def pick_tokens(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     B, l, V = logits_BlV.shape
     probs = filter_top_k_top_p(logits_BlV.float() / temperature, top_k, top_p).softmax(dim=-1)
-    if isinstance(generator, Sequence):
-        return torch.cat([torch.multinomial(probs[b], 1, generator=g).view(1, l) for b, g in enumerate(generator)])
+    if isinstance(generator, Sequence):  # inverse CDF: one small uniform draw per row, the search batched
+        u_Bl = torch.stack([torch.rand(l, generator=g, device=probs.device) for g in generator])
+        cdf_BlV = probs.cumsum(dim=-1)
+        # right=True: the first token whose cumulative mass exceeds the draw, never a token of mass 0
+        idx = torch.searchsorted(cdf_BlV, (u_Bl * cdf_BlV[..., -1]).unsqueeze(-1).contiguous(), right=True)
+        return idx.squeeze(-1).clamp_(max=V - 1)
     return torch.multinomial(probs.view(-1, V), 1, generator=generator).view(B, l)
 
 
