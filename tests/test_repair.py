@@ -266,3 +266,24 @@ def test_a_target_that_comes_back_after_a_grow_is_probed_by_every_try_at_its_cla
     other = {"leak": before["leak"] | {"metric": "ssim"}}  # bars in another metric do not bound token agreement
     assert len(round_probes(c, RepairConfig(), other, [0], twice)[0]) == 1
     assert len(round_probes(ctx, RepairConfig(), before, [0], twice)[0]) == 1  # no fixed bars: try by try
+
+
+def test_a_prune_that_returns_a_set_already_seen_through_is_not_measured_again(ctx: RepairContext,
+                                                                               tmp_path: Path) -> None:
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+
+    def m(extracted: list[int], order: list[int], found: list[dict]) -> dict:
+        return {"units": len(order), "order": order, "quality": {"fid": 1.0},
+                "leak": {"extracted": extracted, "probes": found, "default_extracted": extracted}}
+
+    sampled = Probe(1, 1, Try(2, Decoding(greedy=False, seed=1)), 0.7).as_dict()
+    before = m([1], [], []) | {"units": 0}
+    before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
+    steps = {"round1": m([], [5, 6, 7], []), "prune": [5], "pruned": m([1], [5], [sampled]), "prune2": [5]}
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    journal = Journal(tmp_path / "steps.json", World())
+    outcome, record = run_repair(ctx, RepairConfig(), journal, {1: [5, 6, 7]}, lambda i: None, before)
+    assert "pruned2" not in journal.steps and len(record["prune_attempts"]) == 1
+    assert outcome.status == "clean" and outcome.units == [5, 6, 7]  # the grown round, confirmed, is kept

@@ -468,8 +468,8 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
             tag = "" if k == 1 else str(k)  # the first attempt's names are those of journals before there were more
             pruned = journal.step(f"prune{tag}", lambda ps=list(probes): prune(ctx, grown_units, ps, cfg.margin,
                                                                                cfg.prune_tries))
-            if len(pruned) == len(grown_units):
-                break
+            if len(pruned) == len(grown_units) or any(sorted(pruned) == sorted(a["order"]) for a in attempts):
+                break  # nothing to put back, or a set the strong attack already saw through
             mp = journal.step(f"pruned{tag}", lambda u=pruned: measure(ctx, np.asarray(u)) | {"order": list(u)})
             ok = not mp["leak"]["extracted"] and within_quality(mp["quality"], q0, cfg)
             attempts.append(mp | {"kept": ok})
