@@ -59,11 +59,16 @@ def test_growing_along_the_copy_s_units_stops_it_and_a_random_ranking_does_not(c
     rng = np.random.default_rng(0)
     good = np.concatenate([rng.permutation(truth), rng.permutation(rest)])
     probes = [_default_probe(ctx, 0)]
-    added = grow(ctx, [], lambda removed: good, probes, len(truth), budget=4 * len(truth), margin=0.1)
-    assert added is not None and sorted(added) == sorted(truth.tolist())  # the first doubling: the copy's own units
+    grown = grow(ctx, [], lambda removed: good, probes, len(truth), budget=4 * len(truth), margin=0.1)
+    assert grown is not None and grown[1]
+    added = grown[0]
+    assert sorted(added) == sorted(truth.tolist())  # the first doubling: the copy's own units
     assert probes_stopped(ctx, np.asarray(added), probes, 0.1)
     shuffled = rng.permutation(rest)
-    assert grow(ctx, [], lambda removed: shuffled, probes, 1, budget=len(truth), margin=0.1) is None
+    # a random ranking fills the budget without stopping the probes: returned unconfirmed, for the attack to judge
+    filled = grow(ctx, [], lambda removed: shuffled, probes, 1, budget=len(truth), margin=0.1)
+    assert filled is not None and not filled[1] and filled[0] == shuffled[:len(truth)].tolist()
+    assert grow(ctx, filled[0], lambda removed: shuffled, probes, 1, budget=len(truth), margin=0.1) is None  # full
 
     kept = prune(ctx, added, probes, 0.1, tries=16)
     assert set(kept) <= set(added) and len(kept) < len(added)

@@ -300,20 +300,23 @@ def probes_stopped(ctx: RepairContext, flat: np.ndarray, probes: list[Probe], ma
 
 
 def grow(ctx: RepairContext, removed: list[int], rerank: Rerank, probes: list[Probe], start: int, budget: int,
-         margin: float) -> list[int] | None:
+         margin: float) -> tuple[list[int], bool] | None:
     """Units to add to ``removed`` until ``probes`` stop: doubling along the ranking re-computed on the
-    edited model; None when ``budget`` units do not suffice."""
+    edited model, the last step filling the budget; and whether the probes stopped. Probes are a screen
+    stricter than the verdict (agreement alone, a margin under the bar), so a set that fills the budget
+    without stopping them is still returned for the strong attack to judge. None: nothing left to add."""
     added: list[int] = []
     step = max(1, start)
     while True:
         current = np.asarray(removed + added, dtype=np.int64)
+        room = budget - len(current)
         ranking = np.asarray(rerank(current), dtype=np.int64)
-        fresh = ranking[~np.isin(ranking, current)][:step]
-        if len(fresh) == 0 or len(removed) + len(added) + len(fresh) > budget:
-            return None
+        fresh = ranking[~np.isin(ranking, current)][:min(step, room)]
+        if len(fresh) == 0:
+            return (added, False) if added else None
         added += [int(u) for u in fresh]
         if probes_stopped(ctx, np.asarray(removed + added), probes, margin):
-            return added
+            return added, True
         step = len(added)
 
 
@@ -433,15 +436,17 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
                      probes: dict[int, list[Probe]] = probes) -> dict[str, Any]:
             new = list(order)
             added: dict[str, list[int]] = {}
-            failed = []
+            failed, unconfirmed = [], []
             for i in survivors:  # one after another: a later image's ranking sees the earlier ones' units gone
                 more = grow(ctx, new, rerank_of(i), probes[i], max(len(refined.get(i, [])), 1), budget, cfg.margin)
                 if more is None:
                     failed.append(i)
                     continue
-                added[str(i)] = more
-                new += more
-            return {"order": new, "added": added, "failed": failed}
+                added[str(i)] = more[0]
+                new += more[0]
+                if not more[1]:  # the budget is full and its probes are not stopped: the next attack decides
+                    unconfirmed.append(i)
+            return {"order": new, "added": added, "failed": failed, "unconfirmed": unconfirmed}
 
         g = journal.step(f"grow{r}", grow_all)
         grown.append(g)
