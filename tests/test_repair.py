@@ -69,6 +69,7 @@ def test_growing_along_the_copy_s_units_stops_it_and_a_random_ranking_does_not(c
     filled = grow(ctx, [], lambda removed: shuffled, probes, 1, budget=len(truth), margin=0.1)
     assert filled is not None and not filled[1] and filled[0] == shuffled[:len(truth)].tolist()
     assert grow(ctx, filled[0], lambda removed: shuffled, probes, 1, budget=len(truth), margin=0.1) is None  # full
+    assert grow(ctx, [], lambda removed: shuffled, probes, 1, budget=len(truth), margin=0.1, fill=False) is None
 
     kept = prune(ctx, added, probes, 0.1, tries=16)
     assert set(kept) <= set(added) and len(kept) < len(added)

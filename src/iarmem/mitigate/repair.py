@@ -300,20 +300,21 @@ def probes_stopped(ctx: RepairContext, flat: np.ndarray, probes: list[Probe], ma
 
 
 def grow(ctx: RepairContext, removed: list[int], rerank: Rerank, probes: list[Probe], start: int, budget: int,
-         margin: float) -> tuple[list[int], bool] | None:
+         margin: float, fill: bool = True) -> tuple[list[int], bool] | None:
     """Units to add to ``removed`` until ``probes`` stop: doubling along the ranking re-computed on the
-    edited model, the last step filling the budget; and whether the probes stopped. Probes are a screen
-    stricter than the verdict (agreement alone, a margin under the bar), so a set that fills the budget
-    without stopping them is still returned for the strong attack to judge. None: nothing left to add."""
+    edited model; and whether the probes stopped. With ``fill`` the last step fills the budget and a set
+    that fills it without stopping the probes is still returned, for the strong attack to judge (probes
+    read agreement alone, a margin under the bar: stricter than the verdict). None: nothing to add
+    (without ``fill``: also when the probes do not stop within the budget)."""
     added: list[int] = []
     step = max(1, start)
     while True:
         current = np.asarray(removed + added, dtype=np.int64)
         room = budget - len(current)
         ranking = np.asarray(rerank(current), dtype=np.int64)
-        fresh = ranking[~np.isin(ranking, current)][:min(step, room)]
-        if len(fresh) == 0:
-            return (added, False) if added else None
+        fresh = ranking[~np.isin(ranking, current)][:min(step, room) if fill else step]
+        if len(fresh) == 0 or len(current) + len(fresh) > budget:
+            return (added, False) if added and fill else None
         added += [int(u) for u in fresh]
         if probes_stopped(ctx, np.asarray(removed + added), probes, margin):
             return added, True
@@ -437,15 +438,20 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
             new = list(order)
             added: dict[str, list[int]] = {}
             failed, unconfirmed = [], []
-            for i in survivors:  # one after another: a later image's ranking sees the earlier ones' units gone
-                more = grow(ctx, new, rerank_of(i), probes[i], max(len(refined.get(i, [])), 1), budget, cfg.margin)
-                if more is None:
-                    failed.append(i)
-                    continue
-                added[str(i)] = more[0]
-                new += more[0]
-                if not more[1]:  # the budget is full and its probes are not stopped: the next attack decides
-                    unconfirmed.append(i)
+            # one after another (a later image's ranking sees the earlier ones' units gone); those whose probes stop
+            # within the budget first, then the rest fill what is left, for the next strong attack to judge
+            for fill in (False, True):
+                for i in [i for i in survivors if str(i) not in added and (not fill or i in failed)]:
+                    more = grow(ctx, new, rerank_of(i), probes[i], max(len(refined.get(i, [])), 1), budget,
+                                cfg.margin, fill=fill)
+                    if more is None:
+                        failed += [] if i in failed else [i]
+                        continue
+                    added[str(i)] = more[0]
+                    new += more[0]
+                    if not more[1]:  # the budget is full and its probes are not stopped: the next attack decides
+                        unconfirmed.append(i)
+            failed = [i for i in failed if str(i) not in added]
             return {"order": new, "added": added, "failed": failed, "unconfirmed": unconfirmed}
 
         g = journal.step(f"grow{r}", grow_all)
