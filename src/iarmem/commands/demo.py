@@ -87,8 +87,9 @@ def family_stages(family: str, root: Path, seed: int, device: str, sweep: bool, 
                                       str(d / "bench"), *feats, *common]))
         stages.append(Stage("repair", ["repair", model, data, "--leaked", str(d / "extract"), "--images", "planted",
                                        "--max-targets", "4", "--max-rounds", "2", "--prune-tries", "8",
-                                       "--alternatives", "random,unlearn", "--trigger-steps", "10",
-                                       "--n-per-class", "10", "--out", str(d / "repair"), *feats, *common],
+                                       "--prune-rounds", "1", "--alternatives", "random,unlearn",
+                                       "--trigger-steps", "10", "--n-per-class", "10", "--out", str(d / "repair"),
+                                       *feats, *common],
                             results=(0, 1)))
     if sweep:
         stages.append(Stage("sweep", ["sweep", model, data, str(d / "localize"), "--tops", "10",
