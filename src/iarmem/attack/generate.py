@@ -110,11 +110,10 @@ def generate_batch(iar: IAR, gt: Tokens, labels: Tensor, prefix: int, *, logit_n
     image then regenerates exactly what the strong attack drew for it among hundreds.
     """
     gen: Rng = None
-    if (logit_noise > 0 or not decoding.greedy) and row_seeds is not None:
-        gen = [torch.Generator(device=iar.device).manual_seed(batch_seed(seed + decoding.seed, int(r)))
-               for r in row_seeds]
-    elif logit_noise > 0 or not decoding.greedy:
-        gen = torch.Generator(device=iar.device).manual_seed(batch_seed(seed + decoding.seed, batch_index))
+    if logit_noise > 0 or not decoding.greedy:
+        keys = [batch_index] if row_seeds is None else [int(r) for r in row_seeds]
+        gens = [torch.Generator(device=iar.device).manual_seed(batch_seed(seed + decoding.seed, k)) for k in keys]
+        gen = gens[0] if row_seeds is None else gens
     out = iar.generate(labels.to(iar.device), prefix=gt.to(iar.device), prefix_len=prefix, greedy=decoding.greedy,
                        cfg=decoding.cfg, temperature=decoding.temperature, top_k=decoding.top_k,
                        logit_noise=logit_noise, generator=gen, use_cache=True)

@@ -363,8 +363,8 @@ def target_probes(before: dict[str, Any], work: list[int], rounds: list[dict[str
 
 def every_try_probes(ctx: RepairContext, before: dict[str, Any], image: int) -> list[Probe]:
     """Every try of the strong attack from ``image``'s own prompt, at the bars its class is judged by: for a target
-    the strong attack keeps finding by a try the probes had not seen. None when the bars are not token agreement or
-    were set try by try (no fixed ``rules``)."""
+    the strong attack keeps finding by a try the probes had not seen. Empty when the bars are not token agreement
+    or were set try by try (no fixed ``rules``)."""
     leak = before["leak"]
     metric = leak.get("metric") or ("tokens" if not ctx.extractors else None)  # journals before it was recorded
     if ctx.rules is None or metric != "tokens":
@@ -385,7 +385,6 @@ def round_probes(ctx: RepairContext, cfg: RepairConfig, before: dict[str, Any], 
         return out
     for i in out:
         if sum(i in m["leak"]["extracted"] for m in rounds) >= cfg.every_try_after:
-            ctx.eval_tokens(np.array([i]))
             out[i] += [p for p in every_try_probes(ctx, before, i) if p not in out[i]]
     return out
 
@@ -437,21 +436,23 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
                      probes: dict[int, list[Probe]] = probes) -> dict[str, Any]:
             new = list(order)
             added: dict[str, list[int]] = {}
-            failed, unconfirmed = [], []
+            unconfirmed: list[int] = []
+
+            def take(i: int, fill: bool) -> bool:
+                more = grow(ctx, new, rerank_of(i), probes[i], max(len(refined.get(i, [])), 1), budget, cfg.margin,
+                            fill=fill)
+                if more is None:
+                    return False
+                added[str(i)] = more[0]
+                new.extend(more[0])
+                if not more[1]:  # the budget is full and its probes are not stopped: the next attack decides
+                    unconfirmed.append(i)
+                return True
+
             # one after another (a later image's ranking sees the earlier ones' units gone); those whose probes stop
             # within the budget first, then the rest fill what is left, for the next strong attack to judge
-            for fill in (False, True):
-                for i in [i for i in survivors if str(i) not in added and (not fill or i in failed)]:
-                    more = grow(ctx, new, rerank_of(i), probes[i], max(len(refined.get(i, [])), 1), budget,
-                                cfg.margin, fill=fill)
-                    if more is None:
-                        failed += [] if i in failed else [i]
-                        continue
-                    added[str(i)] = more[0]
-                    new += more[0]
-                    if not more[1]:  # the budget is full and its probes are not stopped: the next attack decides
-                        unconfirmed.append(i)
-            failed = [i for i in failed if str(i) not in added]
+            failed = [i for i in survivors if not take(i, fill=False)]
+            failed = [i for i in failed if not take(i, fill=True)]
             return {"order": new, "added": added, "failed": failed, "unconfirmed": unconfirmed}
 
         g = journal.step(f"grow{r}", grow_all)
