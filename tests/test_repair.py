@@ -293,3 +293,90 @@ def test_a_prune_that_returns_a_set_already_seen_through_is_not_measured_again(c
     outcome, record = run_repair(ctx, RepairConfig(), journal, {1: [5, 6, 7]}, lambda i: None, before)
     assert "pruned2" not in journal.steps and len(record["prune_attempts"]) == 1
     assert outcome.status == "clean" and outcome.units == [5, 6, 7]  # the grown round, confirmed, is kept
+
+
+@pytest.mark.parametrize("fallback, left, fid, status", [("unlearn", [], 1.02, "clean"), ("none", [], 1.02, "quality"),
+                                                         ("unlearn", [1], 1.02, "quality"),
+                                                         ("unlearn", [], 1.3, "quality")])
+def test_when_no_exact_removal_is_clean_the_last_round_s_units_are_fine_tuned_and_kept_if_both_checks_pass(
+        ctx: RepairContext, tmp_path: Path, fallback: str, left: list[int], fid: float, status: str) -> None:
+    """Round 1 stops the target at +50 % FID and its prune is no smaller: refused. The fallback fine-tunes round 1's
+    units; it is the repair's edit only when the strong attack stops every target and the guard passes it."""
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+    from iarmem.mitigate.repair import fallback as fallback_
+
+    def m(extracted: list[int], fid: float, order: list[int]) -> dict:
+        return {"units": len(order), "order": order, "quality": {"fid": fid},
+                "leak": {"extracted": extracted, "probes": [], "default_extracted": extracted}}
+
+    before = m([1], 1.0, []) | {"units": 0}
+    before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
+    tuned = m(left, fid, [5, 6, 7]) | {"edit": "unlearn"}
+    steps = {"round1": m([], 1.5, [5, 6, 7]), "prune": [5, 6, 7], "fallback-unlearn": tuned}
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    journal = Journal(tmp_path / "steps.json", World())
+    cfg = RepairConfig(max_quality_loss=0.1, fallback=fallback)
+    outcome, record = run_repair(ctx, cfg, journal, {1: [5, 6, 7]}, lambda i: None, before)
+    assert outcome.status == "quality"
+    outcome = fallback_(ctx, cfg, journal, outcome, record, before)
+    assert outcome.status == status
+    if fallback == "none":
+        assert "fallback" not in record
+    elif status == "clean":
+        assert outcome.edit == "unlearn" and outcome.units == [5, 6, 7] and outcome.final == tuned
+        assert record["fallback"]["kept"] and "fine-tuning those 3 units instead" in outcome.message
+        assert "round 1 costs" in outcome.message  # why exact removal was not enough
+    else:
+        assert outcome.edit == "exact" and outcome.units == [] and not record["fallback"]["kept"]
+
+
+def test_the_model_written_holds_the_fallback_s_tuned_units_exactly(ctx: RepairContext, tmp_path: Path) -> None:
+    """kept_edit puts the fallback's measured values on the model (read from their file, or tuned again, to the
+    same bits, when the file is gone); the exact edit zeroes the units' readers instead."""
+    import dataclasses
+
+    from safetensors.torch import save
+
+    from iarmem.fileio import write_bytes
+    from iarmem.mitigate.repair import JOURNAL_FILE, Journal, RepairConfig, fallback_file, unlearn_units
+    from iarmem.mitigate.repair_run import kept_edit
+    from iarmem.mitigate.unlearn import unit_values
+
+    inj = injected_var()
+    keep = np.arange(100, 108)
+    c = dataclasses.replace(ctx, keep=keep, tokens=dict(ctx.tokens), labels=dict(ctx.labels))
+    for j, i in enumerate(keep.tolist()):
+        c.tokens[i], c.labels[i] = inj.keep.ids_BL[j], int(inj.keep_labels[j])
+    truth = [int(u) for u in c.scores.to_flat(inj.units)]
+    chosen = c.units(np.asarray(truth))
+    cfg = RepairConfig(unlearn=UnlearnConfig(steps=20, lr=3e-3))
+    journal = Journal(tmp_path / JOURNAL_FILE, World())
+    everything = {k: p.detach().clone() for k, p in c.iar.model.named_parameters()}
+    saved = snapshot(c.iar, chosen)
+    copy = [_default_probe(c, 0)]
+    try:
+        unlearn_units(c, cfg, chosen, [0])
+        want = unit_values(c.iar, chosen)
+        write_bytes(fallback_file(journal), save(want))
+        restore(c.iar, saved)
+        assert not probes_stopped(c, np.zeros(0, np.int64), copy, 0.05)  # the copy is back with the weights
+        rec = kept_edit(c, {"edit": "unlearn", "extracted_before": [0]}, truth, cfg, journal)
+        got = unit_values(c.iar, chosen)
+        assert all(torch.equal(got[k], want[k]) for k in want) and rec.edit == "unlearn"
+        assert rec.count == len(truth) and rec.as_dict()["detail"]["steps"] == 20
+        assert probes_stopped(c, np.zeros(0, np.int64), copy, 0.05)  # the model as measured: the copy is gone
+        restore(c.iar, saved)
+        fallback_file(journal).unlink()
+        kept_edit(c, {"edit": "unlearn", "extracted_before": [0]}, truth, cfg, journal)  # no file: tuned again
+        again = unit_values(c.iar, chosen)
+        assert all(torch.equal(again[k], want[k]) for k in want)
+        restore(c.iar, saved)
+        kept_edit(c, {"edit": "exact", "extracted_before": [0]}, truth, cfg, journal)
+        assert not all(torch.equal(unit_values(c.iar, chosen)[k], everything[k][m])
+                       for k, m in unit_masks(c.iar, chosen).items())
+    finally:
+        restore(c.iar, saved)
+    for k, p in c.iar.model.named_parameters():
+        assert torch.equal(p.detach(), everything[k]), k

@@ -71,3 +71,10 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     html = build_report([str(tmp_path)])
     assert 'data-label="edit">pruned, attempt 1 (not kept)</td>' in html  # the strong attack saw through it
     assert 'data-label="edit">pruned, attempt 2</td>' in html
+    record["fallback"] = _m(20, [1], 2.3) | {"kept": False}
+    write_json(out / "repair.json", record)
+    assert "data-label=\"edit\">fallback: the last round's units fine-tuned (not kept)</td>" in build_report(
+        [str(tmp_path)])
+    record |= {"edit": "unlearn", "fallback": record["fallback"] | {"kept": True}}
+    assert "extracted targets stopped under every strong-attack try, fine-tuning 14 fc1 units" in _summary(
+        record)["sentence"]

@@ -10,8 +10,10 @@ again, grows the sets of the images that still come out, and prunes units that a
 every kept edit is verified with the strong attack and the quality of held-out generations (FID,
 KID, precision / recall, class accuracy). An edit whose relative FID increase passes
 --max-quality-loss, or whose class accuracy falls by more than --max-accuracy-drop points, is
-refused. Beside it, at the same leak: as many random units, the paper's top p % x 0.5, the
-logit-noise defense and fine-tuning the same units. --out becomes a model folder
+refused. When no exact removal within the budgets is clean, the last round's units are fine-tuned
+instead (--fallback unlearn) and that is kept if it passes the same checks. Beside it, at the
+same leak: as many random units, the paper's top p % x 0.5, the logit-noise defense and
+fine-tuning the same units. --out becomes a model folder
 (the edited model in the official layout, edit.json) with repair.json (every round, leak and
 quality before and after, the alternatives) and summary.json. Exit 0 when every target is stopped,
 1 for a partial repair (written, with the images it could not clean), 2 for bad input (nothing
@@ -78,6 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--every-try-after", type=int, default=2, metavar="R",
                    help="a target extracted in R rounds (it came back by a try its probes had not seen) is probed "
                         "with every try of the strong attack, at its class's bars (default 2; 0: never)")
+    g.add_argument("--fallback", default="unlearn",
+                   help="when no exact removal within the budgets stops every target within the guard: fine-tune "
+                        "the last round's units instead (unit-local unlearning, --unlearn-steps Adam steps), kept "
+                        "only if the strong attack stops every target and the guard passes it (default unlearn; "
+                        "none: the partial exact edit is the result)")
     g = p.add_argument_group("alternatives (same leak)")
     g.add_argument("--alternatives", default="random,paper,noise,unlearn",
                    help="comma list of random, paper, noise, unlearn ('' for none; default all)")
@@ -112,12 +119,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iarmem.mitigate.repair import ALTERNATIVES
+    from iarmem.mitigate.repair import ALTERNATIVES, FALLBACKS
 
     alts = tuple(a.strip() for a in args.alternatives.split(",") if a.strip())
     bad = [a for a in alts if a not in ALTERNATIVES]
     checks = [
         (not bad, f"unknown --alternatives {bad}; choose from {', '.join(ALTERNATIVES)}"),
+        (args.fallback in FALLBACKS, f"unknown --fallback {args.fallback!r}; choose unlearn (fine-tune the last "
+                                     f"round's units when no exact removal is clean) or none"),
         (args.max_quality_loss >= 0, f"--max-quality-loss must be >= 0, got {args.max_quality_loss}"),
         (args.max_accuracy_drop is None or args.max_accuracy_drop >= 0,
          f"--max-accuracy-drop must be >= 0 points (or 'none'), got {args.max_accuracy_drop}"),

@@ -42,6 +42,7 @@ class EditRecord:
     factor: float
     units: dict[str, tuple[int, ...]]
     params: dict[str, dict[str, Any]]
+    detail: dict[str, Any] | None = None  # what else an edit that is not a scaling did (``unlearn``: its steps)
 
     @property
     def count(self) -> int:
@@ -49,7 +50,8 @@ class EditRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {"edit": self.edit, "factor": self.factor, "units_edited": self.count,
-                "params": {k: {"axis": v["axis"], "slices": len(v["units"])} for k, v in self.params.items()}}
+                "params": {k: {"axis": v["axis"], "slices": len(v["units"])} for k, v in self.params.items()}} | (
+                    {"detail": self.detail} if self.detail else {})
 
 
 def check_edit(edit: str) -> None:

@@ -15,7 +15,9 @@
    it. When the strong attack sees through it, the tries it used join the probes and the grown set is
    pruned again (``prune_rounds`` attempts). A round that stops every target but crosses the guard is
    pruned too before it is refused.
-5. Alternatives at the same leak: as many random units of the same layers, the paper's global top
+5. Fallback: when no exact removal within the budgets stops every target within the guard, the last round's
+   units are fine-tuned instead (unit-local unlearning); kept only if the strong attack and the guard pass it.
+6. Alternatives at the same leak: as many random units of the same layers, the paper's global top
    p % x 0.5 (the smallest p of a grid whose probes all stop), the logit-noise defense (the smallest
    std that does), and fine-tuning the repair's own units (``unlearn``).
 
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save as save_tensors
 
 from iarmem.attack.decide import METRICS, Decision
 from iarmem.attack.generate import GREEDY
@@ -46,7 +49,7 @@ from iarmem.attack.union import TryRules
 from iarmem.data import ImageDataset, Plan
 from iarmem.distributed import World
 from iarmem.features import FeatureExtractor
-from iarmem.fileio import write_json
+from iarmem.fileio import write_bytes, write_json
 from iarmem.localize.refine import Rerank
 from iarmem.metrics.quality import Reference, evaluate_model
 from iarmem.metrics.sampling import default_sampling
@@ -55,7 +58,7 @@ from iarmem.mitigate.edit import temporary_edit
 from iarmem.mitigate.localization import Localization
 from iarmem.mitigate.probe import Probe
 from iarmem.mitigate.select import Scores, pick_random, select_units
-from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unlearn
+from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unit_values, unlearn
 from iarmem.models.base import IAR, Tokens
 from iarmem.progress import log
 from iarmem.quality_guard import mean_fid, refusal
@@ -65,6 +68,8 @@ ALTERNATIVES = ("random", "paper", "noise", "unlearn")
 QUALITY_KEYS = ("fid", "kid_mean", "precision", "recall", "class_accuracy")
 DRAWN_KEYS = ("fid", "class_accuracy")  # recorded per sampling seed (``KEY_draws``); decisions read their means
 JOURNAL_FILE = "repair_steps.json"
+FALLBACK_FILE = "fallback_units.safetensors"
+FALLBACKS = ("unlearn", "none")
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,9 @@ class RepairConfig:
     noise_levels: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     alternative_points: int = 3  # strong attacks one alternative may spend looking for the same leak
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    # when exact removal within the budgets leaves a target or crosses the guard: fine-tune the last round's units
+    # instead ("unlearn"), kept only if the strong attack stops every target and the guard passes it ("none": off)
+    fallback: str = "unlearn"
     # sampling seeds every FID is measured under, the same for every edit: the guard compares the mean over them
     # (one draw moves ~10 % on tiny-var at 20 samples per class, docs/RESULTS.md section 10), and their spread on
     # the unedited model is the noise a guard must exceed
@@ -345,6 +353,7 @@ class Outcome:
     units: list[int]  # the edit kept (flat), best-first order
     final: dict[str, Any] | None  # its measurement
     message: str
+    edit: str = "exact"  # how the units are edited: removed exactly, or fine-tuned by the ``fallback`` (unlearn)
 
 
 def target_probes(before: dict[str, Any], work: list[int], rounds: list[dict[str, Any]]) -> dict[int, list[Probe]]:
@@ -533,25 +542,72 @@ def alternatives(ctx: RepairContext, cfg: RepairConfig, journal: Journal, edit: 
     if "noise" in cfg.alternatives:
         out.append(_search(ctx, cfg, journal, "noise", cfg.noise_levels, probes, leak, work, None))
     if "unlearn" in cfg.alternatives and n:
-        def tuned() -> dict[str, Any]:
-            chosen = ctx.units(np.asarray(units))
-            saved = snapshot(ctx.iar, chosen)
-            t = torch.stack([ctx.tokens[i] for i in work]).long()
-            k = np.asarray(ctx.keep[:32])
-            ctx.eval_tokens(k)
-            kt = torch.stack([ctx.tokens[i] for i in k.tolist()]).long()
-            try:
-                info = unlearn(ctx.iar, chosen, Tokens(t, ctx.iar.grids), torch.tensor([ctx.labels[i] for i in work]),
-                               Tokens(kt, ctx.iar.grids), torch.tensor([ctx.labels[i] for i in k.tolist()]),
-                               cfg.unlearn)
-                return measure(ctx) | {"units": n, "fraction": n / len(ctx.scores.flat), "unlearn": info}
-            finally:
-                restore(ctx.iar, saved)
-
-        m = journal.step(f"alt-unlearn-{n}", tuned)
+        # the kept edit may itself be the fallback's fine-tuning of these units: the same measurement
+        m = edit if edit.get("edit") == "unlearn" else journal.step(
+            f"alt-unlearn-{n}", lambda: tuned(ctx, cfg, units, work))
         out.append({"name": "unlearn", "setting": f"{cfg.unlearn.steps} Adam steps (lr {cfg.unlearn.lr:g}) on the "
                     f"repair's {n} units", **m, **cleaned(m, work)})
     return out
+
+
+def unlearn_units(ctx: RepairContext, cfg: RepairConfig, chosen: dict[str, tuple[int, ...]], work: list[int],
+                  ) -> dict[str, float]:
+    """Fine-tune ``chosen`` in place: the targets ``work``'s loss up, the first 32 ``ctx.keep`` images' kept."""
+    k = np.asarray(ctx.keep[:32])
+    ctx.eval_tokens(k)
+
+    def tokens(ids: list[int]) -> tuple[Tokens, torch.Tensor]:
+        return (Tokens(torch.stack([ctx.tokens[i] for i in ids]).long(), ctx.iar.grids),
+                torch.tensor([ctx.labels[i] for i in ids]))
+
+    return unlearn(ctx.iar, chosen, *tokens(list(work)), *tokens(k.tolist()), cfg.unlearn)
+
+
+def tuned(ctx: RepairContext, cfg: RepairConfig, units: list[int], work: list[int],
+          save: Path | None = None) -> dict[str, Any]:
+    """Fine-tune ``units`` (unit-local unlearning: the targets' loss up, 32 ordinary images' kept) and measure the
+    model so; the weights are put back after. ``save``: where the tuned units' values go, to write that model."""
+    chosen = ctx.units(np.asarray(units))
+    saved = snapshot(ctx.iar, chosen)
+    try:
+        info = unlearn_units(ctx, cfg, chosen, work)
+        if save is not None and ctx.world.is_main:
+            write_bytes(save, save_tensors(unit_values(ctx.iar, chosen)))
+        n = len(units)
+        return measure(ctx) | {"units": n, "fraction": n / len(ctx.scores.flat), "unlearn": info,
+                               "order": list(units), "edit": "unlearn"}
+    finally:
+        restore(ctx.iar, saved)
+
+
+def fallback(ctx: RepairContext, cfg: RepairConfig, journal: Journal, outcome: Outcome, record: dict[str, Any],
+             before: dict[str, Any]) -> Outcome:
+    """When removing units exactly leaves a target or costs too much: fine-tune the last round's units instead
+    (unit-local unlearning, the fix the literature found strongest) and keep that if the strong attack stops every
+    target and the guard passes it. The record gets ``fallback`` (the measurement and whether it was kept)."""
+    rounds = record["rounds"]
+    if cfg.fallback != "unlearn" or outcome.status == "clean" or not rounds or not rounds[-1]["order"]:
+        return outcome
+    units = [int(u) for u in rounds[-1]["order"]]
+    work = before["leak"]["extracted"]
+    m = journal.step("fallback-unlearn", lambda: tuned(ctx, cfg, units, work, save=fallback_file(journal)))
+    refused = quality_refusal(m["quality"], before["quality"], cfg)
+    left = m["leak"]["extracted"]
+    record["fallback"] = m | {"kept": not left and refused is None}
+    if ctx.world.is_main:
+        log(f"repair fallback: fine-tuning round {len(rounds)}'s {len(units)} units leaves "
+            f"{len(left)} of {len(work)} targets extracted" + (f", costs {refused}" if refused else "")
+            + ("" if record["fallback"]["kept"] else ": not kept"))
+    if not record["fallback"]["kept"]:
+        return outcome
+    return Outcome("clean", units, m, f"{outcome.message}; fine-tuning those {len(units)} units instead "
+                   f"({cfg.unlearn.steps} Adam steps, unit-local unlearning) stops every target within the quality "
+                   f"guard", edit="unlearn")
+
+
+def fallback_file(journal: Journal) -> Path:
+    """The fallback's tuned unit values, beside the journal (the model folder is written from them)."""
+    return journal.path.with_name(FALLBACK_FILE)
 
 
 def _search(ctx: RepairContext, cfg: RepairConfig, journal: Journal, name: str, grid: tuple[float, ...],

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_tensors
 
 from iarmem.attack.pipeline import from_main
 from iarmem.attack.settings import AttackSettings, load_extractors
@@ -26,23 +27,27 @@ from iarmem.fileio import write_json
 from iarmem.localize.refine_run import gradient_rerank
 from iarmem.localize.run import LocalizeConfig, localize, prepare
 from iarmem.metrics.quality import reference_features
-from iarmem.mitigate.edit import apply_edit
+from iarmem.mitigate.edit import EditRecord, apply_edit
 from iarmem.mitigate.forget import image_ranking
 from iarmem.mitigate.localization import Localization, check_architecture, load_localization
 from iarmem.mitigate.repair import (
+    FALLBACK_FILE,
     JOURNAL_FILE,
     Journal,
     RepairConfig,
     RepairContext,
     alternatives,
     config_dict,
+    fallback,
+    fallback_file,
     keep_bars,
     measure,
     quality_noise,
     run_repair,
+    unlearn_units,
 )
 from iarmem.mitigate.select import Scores, Selection
-from iarmem.mitigate.unlearn import UnlearnConfig
+from iarmem.mitigate.unlearn import UnlearnConfig, set_unit_values, unlearn_record
 from iarmem.mitigate.write import EDIT_FILE, edit_manifest, hash_files, write_edited_model
 from iarmem.models.loading import is_model_folder
 from iarmem.plans import model_plan, parse_ids, select_ids
@@ -134,7 +139,7 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     cfg = RepairConfig(max_quality_loss=args.max_quality_loss, max_accuracy_drop=args.max_accuracy_drop,
                        max_units=args.max_units, max_rounds=args.max_rounds, prune_tries=args.prune_tries,
                        prune_rounds=args.prune_rounds, every_try_after=args.every_try_after,
-                       alternatives=alts,
+                       alternatives=alts, fallback=args.fallback,
                        paper_tops=tuple(args.paper_tops), noise_levels=tuple(args.noise_levels),
                        unlearn=UnlearnConfig(steps=args.unlearn_steps), quality_draws=args.quality_draws,
                        seed=args.seed)
@@ -220,7 +225,8 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
 
     with torch.no_grad():
         outcome, rounds = run_repair(ctx, cfg, journal, refined, rerank_of, before)
-    record |= {"status": outcome.status, "message": outcome.message, **rounds,
+    outcome = fallback(ctx, cfg, journal, outcome, rounds, before)
+    record |= {"status": outcome.status, "message": outcome.message, "edit": outcome.edit, **rounds,
                "refined": {str(i): refined.get(i, []) for i in work}}
     compared = outcome.final if outcome.final is not None else (rounds["rounds"] or [None])[-1]
     record["alternatives_at"] = "the kept edit" if outcome.final is not None else "the last round tried (none kept)"
@@ -230,7 +236,7 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
         record["alternatives"] = (alternatives(ctx, cfg, journal, compared, before, unitmem)
                                   if compared is not None and compared["units"] else [])
     record["final"] = outcome.final
-    return _finish(run_, out, record, outcome.units, source, loc, ctx, world)
+    return _finish(run_, out, record, outcome.units, source, loc, ctx, world, cfg)
 
 
 def _refined_order(loc: Localization, work: list[int], scores: Scores) -> dict[int, list[int]]:
@@ -253,14 +259,29 @@ def _unitmem(args: argparse.Namespace, out: Path, world: Any) -> Localization:
     return load_localization(cfg.out)
 
 
+def kept_edit(ctx: RepairContext, record: dict[str, Any], units: list[int], cfg: RepairConfig, journal: Journal,
+              ) -> EditRecord:
+    """Put the kept edit on ``ctx.iar`` for good: the units removed exactly, or (the fallback) their values as the
+    fine-tuning measured them, read back from its file (tuned again, deterministically, if the file is gone)."""
+    chosen = ctx.units(np.asarray(units, dtype=np.int64))
+    if record.get("edit") != "unlearn":
+        return apply_edit(ctx.iar, chosen, "exact", 0.0)
+    path = fallback_file(journal)
+    if path.is_file():
+        set_unit_values(ctx.iar, chosen, load_tensors(path.read_bytes()))
+    else:
+        unlearn_units(ctx, cfg, chosen, record["extracted_before"])
+    return unlearn_record(ctx.iar, chosen, cfg.unlearn)
+
+
 def _finish(run_: Run, out: Path, record: dict[str, Any], units: list[int], source: Any, loc: Localization | None,
-            ctx: RepairContext, world: Any) -> int:
+            ctx: RepairContext, world: Any, cfg: RepairConfig | None = None) -> int:
     files = [REPAIR_FILE, "summary.json", JOURNAL_FILE]
     summary = _summary(record) | {"model": source.as_dict()}
     if world.is_main:
         if units:
             flat = np.asarray(units, dtype=np.int64)
-            edit = apply_edit(ctx.iar, ctx.units(flat), "exact", 0.0)
+            edit = kept_edit(ctx, record, units, cfg or RepairConfig(), Journal(out / JOURNAL_FILE, world))
             written = write_edited_model(ctx.iar, out, source, extra={"edited_from": str(source.spec),
                                                                       "edit": EDIT_FILE, "repair": REPAIR_FILE})
             sel = Selection(ctx.units(flat), dict(zip(ctx.scores.names, ctx.scores.blocks)), "repair", "none", None,
@@ -270,7 +291,7 @@ def _finish(run_: Run, out: Path, record: dict[str, Any], units: list[int], sour
             hashes = {k: v for k, v in run_.record["inputs"].items() if k in ("model_file", "tokenizer_file")}
             write_json(out / EDIT_FILE, edit_manifest(source=source, source_hashes=hashes, loc=loc, selection=sel,
                                                       record=edit, files=hash_files(out, written)))
-            files += [*written, EDIT_FILE]
+            files += [*written, EDIT_FILE] + ([FALLBACK_FILE] if (out / FALLBACK_FILE).is_file() else [])
         write_json(out / REPAIR_FILE, record)
         write_json(out / "summary.json", summary)
         run_.finish(files, {k: summary[k] for k in ("status", "targets", "extracted_before", "extracted_after",
@@ -290,7 +311,8 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     work = record["extracted_before"]
     after = final["leak"]["extracted"] if final else work
     s: dict[str, Any] = {
-        "status": record["status"], "message": record["message"], "targets": len(record["targets"]),
+        "status": record["status"], "message": record["message"], "edit": record.get("edit", "exact"),
+        "targets": len(record["targets"]),
         "extracted_before": len(work), "extracted_after": len(after), "still_extracted": after,
         "units": final["units"] if final else 0, "fraction": final["fraction"] if final else 0.0,
         "fid_before": mean_fid(before["quality"]), "fid_after": mean_fid(final["quality"]) if final else None,
@@ -308,8 +330,9 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         s["class_accuracy_change"], s["class_accuracy_change_se"] = acc if acc is not None else (None, None)
         acc_text = "" if acc is None else f"; class accuracy {100 * acc[0]:+.1f}" + (
             f" +- {100 * acc[1]:.1f} points (paired draws)" if acc[1] is not None else " points (one draw)")
+        how = "fine-tuning" if record.get("edit") == "unlearn" else "removing"
         s["sentence"] = (f"repair: {len(work) - len(after)} of {len(work)} extracted targets stopped under every "
-                         f"strong-attack try, removing {s['units']} fc1 units ({100 * s['fraction']:.2f} %); FID "
+                         f"strong-attack try, {how} {s['units']} fc1 units ({100 * s['fraction']:.2f} %); FID "
                          f"{s['fid_before']:.3g} -> {s['fid_after']:.3g} ({100 * rel:+.1f} %){acc_text}; "
                          f"{record['message']}")
     else:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from iarmem.localize.gates import only_trainable
-from iarmem.mitigate.edit import unit_masks
+from iarmem.mitigate.edit import EditRecord, unit_masks
 from iarmem.models.base import IAR, Tokens
 
 
@@ -73,3 +73,30 @@ def snapshot(iar: IAR, units: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
     """Copies of the parameters a fine-tuning of ``units`` may change."""
     keyed = dict(iar.model.named_parameters())
     return {k: keyed[k].detach().clone() for k in unit_masks(iar, units)}
+
+
+def unit_values(iar: IAR, units: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """The values of the units' own parameters, flat per key in mask order: all a fine-tuning of them changed,
+    so a tuned model is this much beside its source (the repair keeps it to write the model it measured)."""
+    keyed = dict(iar.model.named_parameters())
+    return {k: keyed[k].detach()[m].clone() for k, m in unit_masks(iar, units).items()}
+
+
+def set_unit_values(iar: IAR, units: dict[str, tuple[int, ...]], values: dict[str, Tensor]) -> None:
+    """Put values saved by :func:`unit_values` back into the units' own parameters."""
+    keyed = dict(iar.model.named_parameters())
+    masks = unit_masks(iar, units)
+    if set(masks) != set(values) or any(int(m.sum()) != values[k].numel() for k, m in masks.items()):
+        raise ValueError("the saved values do not belong to these units of this model")
+    with torch.no_grad():
+        for k, m in masks.items():
+            keyed[k][m] = values[k].to(keyed[k].dtype)
+
+
+def unlearn_record(iar: IAR, units: dict[str, tuple[int, ...]], cfg: UnlearnConfig) -> EditRecord:
+    """edit.json's record of a unit-local fine-tuning: which parameters moved, along which axis, and how."""
+    params = {key: {"axis": axis, "units": list(idx)} for name, idx in units.items()
+              for key, axis in iar.unit_layer(name).own_params}
+    return EditRecord("unlearn", 1.0, {k: tuple(v) for k, v in units.items()}, params,
+                      {"steps": cfg.steps, "lr": cfg.lr, "what": "the units' own parameters fine-tuned to raise the "
+                       "targets' loss and keep the reference images'"})

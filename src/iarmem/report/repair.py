@@ -80,6 +80,9 @@ def repair_section(groups: list[ModelGroup]) -> str:
             rows += [_row("pruned" + (f", attempt {k}" if len(attempts) > 1 else "") + ("" if a.get("kept") else
                                                                                       " (not kept)"), a, n, q0)
                      for k, a in enumerate(attempts, 1)]
+            if fb := r.get("fallback"):
+                rows.append(_row("fallback: the last round's units fine-tuned" + ("" if fb.get("kept") else
+                                                                                   " (not kept)"), fb, n, q0))
             rows += [_row(f"alternative: {esc(a.get('setting', a.get('name')))}", a, n, q0)
                      for a in r.get("alternatives", [])]
             body = (f"<h3>{esc(g.label)} &middot; {run_label(run)}</h3><p>{esc(s.get('sentence', ''))}</p>"
