@@ -304,7 +304,7 @@ def test_when_no_exact_removal_is_clean_the_last_round_s_units_are_fine_tuned_an
     units; it is the repair's edit only when the strong attack stops every target and the guard passes it."""
     import json
 
-    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+    from iarmem.mitigate.repair import Journal, RepairConfig, alternatives, run_repair
     from iarmem.mitigate.repair import fallback as fallback_
 
     def m(extracted: list[int], fid: float, order: list[int]) -> dict:
@@ -330,6 +330,9 @@ def test_when_no_exact_removal_is_clean_the_last_round_s_units_are_fine_tuned_an
         assert "round 1 costs" in outcome.message  # why exact removal was not enough
     else:
         assert outcome.edit == "exact" and outcome.units == [] and not record["fallback"]["kept"]
+    if fallback == "unlearn":  # the unlearn alternative at the same units is that measurement, not another
+        alt = alternatives(ctx, RepairConfig(alternatives=("unlearn",)), journal, record["rounds"][-1], before, None)
+        assert alt[0]["leak"] == tuned["leak"] and "alt-unlearn-3" not in journal.steps
 
 
 def test_the_model_written_holds_the_fallback_s_tuned_units_exactly(ctx: RepairContext, tmp_path: Path) -> None:

@@ -542,8 +542,9 @@ def alternatives(ctx: RepairContext, cfg: RepairConfig, journal: Journal, edit: 
     if "noise" in cfg.alternatives:
         out.append(_search(ctx, cfg, journal, "noise", cfg.noise_levels, probes, leak, work, None))
     if "unlearn" in cfg.alternatives and n:
-        # the kept edit may itself be the fallback's fine-tuning of these units: the same measurement
-        m = edit if edit.get("edit") == "unlearn" else journal.step(
+        # the fallback's fine-tuning of these same units (kept or not) is the same measurement
+        done = journal.steps.get("fallback-unlearn")
+        m = done if done is not None and list(done["order"]) == units else journal.step(
             f"alt-unlearn-{n}", lambda: tuned(ctx, cfg, units, work))
         out.append({"name": "unlearn", "setting": f"{cfg.unlearn.steps} Adam steps (lr {cfg.unlearn.lr:g}) on the "
                     f"repair's {n} units", **m, **cleaned(m, work)})
