@@ -27,6 +27,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return planted_model_folder(tmp_path_factory.mktemp("bench") / "model")
 
 
+@pytest.fixture(scope="module")
+def quick_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plumbing needs a feature network, not a good one (the default trains 300 steps: ~20 s a test)."""
+    return train_feature_extractor(bundled_mnist(), tmp_path_factory.mktemp("cnn") / "cnn.pt", image_size=32,
+                                   steps=15, seed=0, max_images=500)
+
+
 def test_inj_records_scores_and_resumes(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
     argv = ["bench", str(model_dir), "mnist", "--stages", "inj", "--rates", "5", "--images", "1", "--stats", "mean",
@@ -96,11 +103,12 @@ def test_a_model_without_held_out_images_is_refused(model_dir: Path, tmp_path: P
     assert "not a model folder" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
-def test_del_localizes_the_model_and_judges_only_memorized_images(model_dir: Path, tmp_path: Path) -> None:
+def test_del_localizes_the_model_and_judges_only_memorized_images(model_dir: Path, quick_cnn: Path,
+                                                                 tmp_path: Path) -> None:
     """The random-token model memorized none of its planted MNIST images: DEL says so and edits nothing."""
     out = tmp_path / "del"
     assert main(["bench", str(model_dir), "mnist", "--stages", "del", "--budgets", "5", "--controls", "1",
-                 "--methods", "gradient", "--out", str(out)]) == 0
+                 "--methods", "gradient", "--features", f"trained:{quick_cnn}", "--out", str(out)]) == 0
     result = json.loads((out / "del.json").read_text())
     assert result["reference"]["candidates"] == 2 and result["reference"]["memorized"] == []
     assert result["records"] == []
@@ -111,12 +119,10 @@ def test_del_localizes_the_model_and_judges_only_memorized_images(model_dir: Pat
     assert json.loads((out / "localize-gradient" / "summary.json").read_text())["method"] == "gradient"
 
 
-def test_quick_runs_the_stages_and_reuses_the_model_it_trained(model_dir: Path, tmp_path: Path,
+def test_quick_runs_the_stages_and_reuses_the_model_it_trained(model_dir: Path, quick_cnn: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "models"
-    cnn = train_feature_extractor(bundled_mnist(), tmp_path / "cnn.pt", image_size=32, steps=15, seed=0,
-                                  max_images=500)  # the plumbing needs a feature network, not a good one
-    argv = ["bench", str(model_dir), "mnist", "--quick", "--cache", str(cache), "--features", f"trained:{cnn}"]
+    argv = ["bench", str(model_dir), "mnist", "--quick", "--cache", str(cache), "--features", f"trained:{quick_cnn}"]
     # INJ's wiring is the test above (an injection costs most of a quick run); the other three here
     assert main([*argv, "--stages", "del,paper,dup", "--out", str(tmp_path / "a")]) == 0
     s = json.loads((tmp_path / "a" / "summary.json").read_text())

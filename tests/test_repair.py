@@ -268,6 +268,12 @@ def test_a_target_that_comes_back_after_a_grow_is_probed_by_every_try_at_its_cla
     every = [q for q in probes if q.bar != 0.9]
     assert [q.attempt for q in every] == tries and all(q.prompt == q.image == 0 for q in every)
     np.testing.assert_allclose([q.bar for q in every], rules.bars(np.array([ctx.labels[0]]))[0][:, 0])
+    np.testing.assert_allclose([q.gap_bar for q in every], rules.bars(np.array([ctx.labels[0]]))[1][:, 0])
+    # a probe recorded before the joint rule (no margin bar) is read with its try's margin bar from the fixed bars
+    (default,) = round_probes(c, RepairConfig(), before, [0], once)[0]
+    k = tries.index(Try(p, GREEDY))
+    assert default.gap_bar == pytest.approx(rules.bars(np.array([ctx.labels[0]]))[1][k, 0])
+    assert round_probes(c, RepairConfig(probe_rule="agreement"), before, [0], once)[0][0].gap_bar is None
     assert len(round_probes(c, RepairConfig(every_try_after=0), before, [0], twice)[0]) == 1  # turned off
     other = {"leak": before["leak"] | {"metric": "ssim"}}  # bars in another metric do not bound token agreement
     assert len(round_probes(c, RepairConfig(), other, [0], twice)[0]) == 1
@@ -383,3 +389,33 @@ def test_the_model_written_holds_the_fallback_s_tuned_units_exactly(ctx: RepairC
         restore(c.iar, saved)
     for k, p in c.iar.model.named_parameters():
         assert torch.equal(p.detach(), everything[k]), k
+
+
+def test_a_joint_probe_is_stopped_when_the_copy_is_no_nearer_its_image_than_another_one(ctx: RepairContext) -> None:
+    """The strong attack extracts an image only when the generation clears the try's bar *and* is nearer that image
+    than any other pool image by the try's margin. A joint probe reads both: its gap is the attack's (agreement minus
+    the nearest other pool image's), and a generation that copies an image another pool image duplicates is
+    stopped though its agreement is 1.0; read by agreement alone it is not."""
+    import dataclasses
+
+    from iarmem.attack.neighbours import TokenCache, pool_tokens
+    from iarmem.mitigate.repair import RepairConfig, ruled
+
+    inj = injected_var()
+    c = dataclasses.replace(ctx, pool=np.array([0, 1]), cache=TokenCache())
+    c.cache.add(np.array([0, 1, 50]), torch.cat([inj.seqs.ids_BL, inj.seqs.ids_BL[:1]]))  # 50 duplicates image 0
+    joint = dataclasses.replace(_default_probe(c, 0), gap_bar=0.1)
+    assert Probe.from_dict(joint.as_dict()) == joint and joint.joint
+    assert not dataclasses.replace(joint, prompt=1).joint  # another prompt's generation: the attack's other rule
+    pool = (c.pool, pool_tokens(c.iar, None, 0, c.cache))  # type: ignore[arg-type]
+    (sim,), (gap,) = probe.judge(c.iar, [joint], c.tokens, c.labels, pool=pool)
+    gen = probe.agreements(c.iar, [dataclasses.replace(joint, image=1)], c.tokens, c.labels)[0]
+    assert sim > 0.9 and gap == pytest.approx(sim - gen)  # nearest other: image 1, the only one
+    none = np.zeros(0, np.int64)
+    assert not probes_stopped(c, none, [joint], 0.05)  # far nearer its own image than image 1
+    dup = dataclasses.replace(c, pool=np.array([0, 1, 50]))
+    assert probes_stopped(dup, none, [joint], 0.05)  # as near another pool image: the attack would not call it
+    before = {"leak": {"default_prefix": joint.attempt.prefix, "metric": "tokens"}}
+    (agreement_only,) = ruled(c, RepairConfig(probe_rule="agreement"), before, [joint])
+    assert agreement_only.gap_bar is None and not probes_stopped(dup, none, [agreement_only], 0.05)
+    assert ruled(c, RepairConfig(), before, [joint]) == [joint]

@@ -52,6 +52,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(runs: dict[str, Path],
     _fails([*base, "--leaked", str(runs["extract"]), "--alternatives", "random,magic"], capsys, out, "magic")
     _fails([*base, "--leaked", str(runs["extract"]), "--max-units", "0"], capsys, out, "--max-units")
     _fails([*base, "--leaked", str(runs["extract"]), "--fallback", "retrain"], capsys, out, "--fallback", "unlearn")
+    _fails([*base, "--leaked", str(runs["extract"]), "--probe-rule", "loose"], capsys, out, "--probe-rule", "joint")
     _fails([*base, "--leaked", str(runs["extract"]), "--max-targets", "0"], capsys, out, "--max-targets")
     _fails([*base, "--leaked", str(runs["extract"]), "--quality-draws", "0"], capsys, out, "--quality-draws")
     _fails([*base, "--leaked", str(runs["extract"]), "--max-accuracy-drop", "-1"], capsys, out,

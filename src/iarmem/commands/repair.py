@@ -80,6 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--every-try-after", type=int, default=2, metavar="R",
                    help="a target extracted in R rounds (it came back by a try its probes had not seen) is probed "
                         "with every try of the strong attack, at its class's bars (default 2; 0: never)")
+    g.add_argument("--probe-rule", default="joint",
+                   help="how the grow and prune steps' probes read a try: joint (as the strong attack does: the "
+                        "agreement above the try's bar and above the nearest other image's by its margin; default) "
+                        "or agreement (the agreement alone: a stricter screen)")
     g.add_argument("--fallback", default="unlearn",
                    help="when no exact removal within the budgets stops every target within the guard: fine-tune "
                         "the last round's units instead (unit-local unlearning, --unlearn-steps Adam steps), kept "
@@ -119,7 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iarmem.mitigate.repair import ALTERNATIVES, FALLBACKS
+    from iarmem.mitigate.repair import ALTERNATIVES, FALLBACKS, PROBE_RULES
 
     alts = tuple(a.strip() for a in args.alternatives.split(",") if a.strip())
     bad = [a for a in alts if a not in ALTERNATIVES]
@@ -127,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         (not bad, f"unknown --alternatives {bad}; choose from {', '.join(ALTERNATIVES)}"),
         (args.fallback in FALLBACKS, f"unknown --fallback {args.fallback!r}; choose unlearn (fine-tune the last "
                                      f"round's units when no exact removal is clean) or none"),
+        (args.probe_rule in PROBE_RULES, f"unknown --probe-rule {args.probe_rule!r}; choose joint (as the strong "
+                                         f"attack decides) or agreement (token agreement alone)"),
         (args.max_quality_loss >= 0, f"--max-quality-loss must be >= 0, got {args.max_quality_loss}"),
         (args.max_accuracy_drop is None or args.max_accuracy_drop >= 0,
          f"--max-accuracy-drop must be >= 0 points (or 'none'), got {args.max_accuracy_drop}"),

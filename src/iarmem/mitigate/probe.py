@@ -6,7 +6,10 @@ does *this* try still bring *this* image back?". A probe answers one of them: it
 the prompt image's prefix under the try's decoding (a trigger try searches its trigger again) and
 compares the generation with the copied image's tokens after the prefix. "Stopped" means token
 agreement at most the try's calibrated threshold minus a margin, so a set that only just slips
-under the bar is not taken (the refinement's lesson: such sets come back).
+under the bar is not taken (the refinement's lesson: such sets come back). A probe that carries its
+try's margin bar (``gap_bar``) is judged by the attack's joint rule instead: the try extracts only
+when the agreement clears its bar *and* exceeds the nearest other pool image's by the margin, so the
+probe is stopped when either falls under its bar (minus the same safety margin).
 
 Probes are a screen, never the verdict: the repair re-runs the strong attack on every edit it keeps.
 """
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor
 
 from iarmem.attack.generate import Decoding, generate_batch, prefix_tokens
+from iarmem.attack.neighbours import Loader, nearest_other, token_similarity
 from iarmem.attack.strong import Try, trigger_rounds
 from iarmem.attack.trigger import generate_with_trigger, optimise_trigger
 from iarmem.models.base import IAR, Tokens
@@ -36,17 +40,27 @@ class Probe:
     prompt: int
     attempt: Try
     bar: float  # the try's threshold (token agreement after the prefix)
+    # the try's margin over the nearest other pool image (the joint rule); None: agreement alone (also for a
+    # probe whose prompt is another image: the attack reads that generation as a copy of the other image)
+    gap_bar: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = self.attempt.decoding
         return {"image": self.image, "prompt": self.prompt, "prefix": self.attempt.prefix,
-                "trigger": self.attempt.trigger, "greedy": d.greedy, "cfg": d.cfg, "seed": d.seed, "bar": self.bar}
+                "trigger": self.attempt.trigger, "greedy": d.greedy, "cfg": d.cfg, "seed": d.seed, "bar": self.bar,
+                **({"gap_bar": self.gap_bar} if self.gap_bar is not None else {})}
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Probe:
         decoding = Decoding(greedy=bool(d["greedy"]), cfg=d["cfg"], seed=int(d["seed"]))
+        gap = d.get("gap_bar")
         return Probe(int(d["image"]), int(d["prompt"]), Try(int(d["prefix"]), decoding, bool(d["trigger"])),
-                     float(d["bar"]))
+                     float(d["bar"]), None if gap is None else float(gap))
+
+    @property
+    def joint(self) -> bool:
+        """Judged by the joint rule: a margin bar, and the generation is the image's own prompt's."""
+        return self.gap_bar is not None and self.prompt == self.image
 
 
 @torch.no_grad()
@@ -66,13 +80,19 @@ def _generate(iar: IAR, attempt: Try, gt: Tensor, labels: Tensor, noise: float, 
     return out
 
 
-def agreements(iar: IAR, probes: list[Probe], tokens: Mapping[int, Tensor], labels: Mapping[int, int], *,
-               noise: float = 0.0, seed: int = 0, trigger_steps: int = 30) -> np.ndarray:
-    """Token agreement (after the prefix) of every probe, the probes of one try generated as one batch.
+Pool = tuple[np.ndarray, Loader]  # the images a generation's nearest other is searched in, and their tokens
+
+
+def judge(iar: IAR, probes: list[Probe], tokens: Mapping[int, Tensor], labels: Mapping[int, int], *,
+          pool: Pool | None = None, noise: float = 0.0, seed: int = 0, trigger_steps: int = 30,
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Token agreement (after the prefix) of every probe, the probes of one try generated as one batch; and for the
+    ``joint`` probes (given a ``pool``) the gap to the nearest other pool image, as the attack measures it (NaN
+    for the rest).
 
     ``tokens``: id -> [L] eval-view tokens of every image a probe names; ``labels``: id -> class.
     """
-    out = np.zeros(len(probes))
+    out, gaps = np.zeros(len(probes)), np.full(len(probes), np.nan)
     by_try: dict[Try, list[int]] = defaultdict(list)
     for i, p in enumerate(probes):
         by_try[p.attempt].append(i)
@@ -87,13 +107,29 @@ def agreements(iar: IAR, probes: list[Probe], tokens: Mapping[int, Tensor], labe
             p = probes[i]
             same = gen[where[p.prompt], start:] == tokens[p.image][start:].cpu()
             out[i] = float(same.float().mean())
-    return out
+        ask = [i for i in rows if probes[i].joint] if pool is not None else []
+        if ask:
+            assert pool is not None
+            own = np.array([probes[i].image for i in ask], dtype=np.int64)
+            near, _ = nearest_other(own, pool[0], pool[1], token_similarity(gen[[where[j] for j in own]], start))
+            gaps[ask] = out[ask] - near
+    return out, gaps
+
+
+def agreements(iar: IAR, probes: list[Probe], tokens: Mapping[int, Tensor], labels: Mapping[int, int],
+               **kw: Any) -> np.ndarray:
+    """Token agreement (after the prefix) of every probe (see :func:`judge`)."""
+    return judge(iar, probes, tokens, labels, **kw)[0]
 
 
 def stopped(iar: IAR, probes: list[Probe], tokens: Mapping[int, Tensor], labels: Mapping[int, int], margin: float,
             **kw: Any) -> bool:
-    """Every probe's agreement at most its bar minus ``margin``."""
+    """Every probe's agreement at most its bar minus ``margin``; or, for a ``joint`` probe given the pool, its gap to
+    the nearest other image at most its margin bar minus ``margin`` (the attack needs both above their bars)."""
     if not probes:
         return True
-    got = agreements(iar, probes, tokens, labels, **kw)
-    return bool(np.all(got <= np.array([p.bar for p in probes]) - margin))
+    got, gaps = judge(iar, probes, tokens, labels, **kw)
+    under = got <= np.array([p.bar for p in probes]) - margin
+    gap_bars = np.array([np.inf if p.gap_bar is None else p.gap_bar for p in probes])
+    under_gap = ~np.isnan(gaps) & (gaps <= gap_bars - margin)
+    return bool(np.all(under | under_gap))

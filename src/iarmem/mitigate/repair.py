@@ -26,6 +26,7 @@ Every expensive step is journalled under its name, so a stopped repair resumes w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from safetensors.torch import save as save_tensors
 from iarmem.attack.decide import METRICS, Decision
 from iarmem.attack.generate import GREEDY
 from iarmem.attack.membership import evaluate_membership
-from iarmem.attack.neighbours import TokenCache
+from iarmem.attack.neighbours import TokenCache, pool_tokens
 from iarmem.attack.pipeline import attack_ids, score_images
 from iarmem.attack.settings import AttackSettings
 from iarmem.attack.similarity import Embedder
@@ -70,6 +71,7 @@ DRAWN_KEYS = ("fid", "class_accuracy")  # recorded per sampling seed (``KEY_draw
 JOURNAL_FILE = "repair_steps.json"
 FALLBACK_FILE = "fallback_units.safetensors"
 FALLBACKS = ("unlearn", "none")
+PROBE_RULES = ("joint", "agreement")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ class RepairConfig:
     # a target extracted in this many rounds (it came back after a grow) is probed with every try of the strong
     # attack from its own prompt, at its class's bars, not only the tries seen so far (0: never)
     every_try_after: int = 2
+    # probes: "joint" judges a probe as the strong attack judges its try (agreement above the bar *and* above the
+    # nearest other pool image's by the margin: stopped when either is under its bar minus ``margin``);
+    # "agreement" reads the agreement alone, a stricter screen than the verdict (before 2026-12-03)
+    probe_rule: str = "joint"
     # probes: stopped means agreement <= the try's threshold minus this; below the refinement's 0.1 because the
     # repair's bars are the calibrated ones (0.4-0.9), already far under the absolute 0.9, and the strong attack
     # verifies every kept edit
@@ -193,7 +199,16 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
         # the prompt may be a calibration image (its generation copied a target): its dataset label
         return float(st.rules.bars(np.array([label_of.get(prompt, int(ctx.ds.labels[prompt]))]))[0][k, 0])
 
-    probes = [Probe(i, st.via[i], st.tries[st.weakest[i]], bar(st.weakest[i], st.via[i])) for i in out_targets]
+    def gap(k: int, prompt: int) -> float | None:
+        """Try ``k``'s margin over the nearest other image (the joint rule's second bar), as ``bar``."""
+        if res.metric != "tokens":
+            return None
+        if st.rules is None:
+            return float(st.per_try[k]["margin"])
+        return float(st.rules.bars(np.array([label_of.get(prompt, int(ctx.ds.labels[prompt]))]))[1][k, 0])
+
+    probes = [Probe(i, st.via[i], st.tries[st.weakest[i]], bar(st.weakest[i], st.via[i]), gap(st.weakest[i], i))
+              for i in out_targets]
     default_try = next(k for k, t in enumerate(st.tries) if t == Try(res.prefix, GREEDY))
     return {
         "extracted": out_targets,
@@ -213,6 +228,7 @@ def strong_leak(ctx: RepairContext, noise: float = 0.0) -> dict[str, Any]:
         "default_probe_bar": float(st.per_try[default_try]["threshold"]) if res.metric == "tokens" else
         METRICS["tokens"].default_threshold,  # the overall bar (journals before class bars read only this)
         "default_probe_bars": {str(i): bar(default_try, int(i)) for i in ctx.targets.tolist()},
+        "default_probe_gaps": {str(i): gap(default_try, int(i)) for i in ctx.targets.tolist()},
         "default_prefix": int(res.prefix),
         "metric": res.metric,
         "seconds": round(st.timing["total_s"] + res.timing.get("generation_s", 0.0), 2),
@@ -302,9 +318,12 @@ def within_quality(q: dict[str, Any], q0: dict[str, Any], cfg: RepairConfig) -> 
 def probes_stopped(ctx: RepairContext, flat: np.ndarray, probes: list[Probe], margin: float,
                    noise: float = 0.0, edit: str = "exact", factor: float = 0.0) -> bool:
     ctx.eval_tokens(np.array(sorted({p.prompt for p in probes} | {p.image for p in probes}), dtype=np.int64))
+    # joint probes search the nearest other image in the strong attack's pool (its tokens cached by that attack)
+    pool = (ctx.pool, pool_tokens(ctx.iar, ctx.ds, ctx.attack.seed, ctx.cache)) if any(p.joint for p in probes) \
+        else None
     with temporary_edit(ctx.iar, ctx.units(flat), edit, factor):
         return probes_.stopped(ctx.iar, probes, ctx.tokens, ctx.labels, margin, noise=noise, seed=ctx.attack.seed,
-                               trigger_steps=ctx.attack.trigger_steps)
+                               trigger_steps=ctx.attack.trigger_steps, pool=pool)
 
 
 def grow(ctx: RepairContext, removed: list[int], rerank: Rerank, probes: list[Probe], start: int, budget: int,
@@ -360,8 +379,9 @@ def target_probes(before: dict[str, Any], work: list[int], rounds: list[dict[str
     """Per target: the default greedy try from its own prefix, and every try that extracted it so far."""
     leak = before["leak"]
     bars = leak.get("default_probe_bars") or {}  # per target (its class's bar); older journals: one for all
-    out = {i: [Probe(i, i, Try(leak["default_prefix"], GREEDY), float(bars.get(str(i), leak["default_probe_bar"])))]
-           for i in work}
+    gaps = leak.get("default_probe_gaps") or {}  # journals before the joint rule: agreement alone
+    out = {i: [Probe(i, i, Try(leak["default_prefix"], GREEDY), float(bars.get(str(i), leak["default_probe_bar"])),
+                     gaps.get(str(i)))] for i in work}
     for m in [before, *rounds]:
         for d in m["leak"]["probes"]:
             p = Probe.from_dict(d)
@@ -379,10 +399,10 @@ def every_try_probes(ctx: RepairContext, before: dict[str, Any], image: int) -> 
     if ctx.rules is None or metric != "tokens":
         return []
     tries = strong_tries(ctx.iar, int(leak["default_prefix"]))
-    bars = ctx.rules.bars(np.array([ctx.labels[image]]))[0][:, 0]
+    bars, gaps, _ = (b[:, 0] for b in ctx.rules.bars(np.array([ctx.labels[image]])))
     if len(bars) != len(tries):
         return []
-    return [Probe(image, image, t, float(b)) for t, b in zip(tries, bars)]
+    return [Probe(image, image, t, float(b), float(g)) for t, b, g in zip(tries, bars, gaps)]
 
 
 def round_probes(ctx: RepairContext, cfg: RepairConfig, before: dict[str, Any], work: list[int],
@@ -390,12 +410,35 @@ def round_probes(ctx: RepairContext, cfg: RepairConfig, before: dict[str, Any], 
     """The probes a grow or prune step holds: ``target_probes``, and every try for a target that has come back
     after a grow (extracted in ``cfg.every_try_after`` rounds)."""
     out = target_probes(before, work, rounds)
-    if cfg.every_try_after < 1:
-        return out
     for i in out:
-        if sum(i in m["leak"]["extracted"] for m in rounds) >= cfg.every_try_after:
+        if cfg.every_try_after > 0 and sum(i in m["leak"]["extracted"] for m in rounds) >= cfg.every_try_after:
             out[i] += [p for p in every_try_probes(ctx, before, i) if p not in out[i]]
-    return out
+    return {i: ruled(ctx, cfg, before, ps) for i, ps in out.items()}
+
+
+def ruled(ctx: RepairContext, cfg: RepairConfig, before: dict[str, Any], probes: list[Probe]) -> list[Probe]:
+    """``probes`` under ``cfg.probe_rule``: joint (a probe recorded without its try's margin bar, as journals before
+    the joint rule were, gets it from the fixed bars at its prompt's class), or agreement alone."""
+    if cfg.probe_rule != "joint":
+        out: list[Probe] = []
+        for p in (dataclasses.replace(p, gap_bar=None) for p in probes):
+            if p not in out:
+                out.append(p)
+        return out
+    leak = before["leak"]
+    if ctx.rules is None or (leak.get("metric") or "tokens") != "tokens" or all(p.gap_bar is not None for p in probes):
+        return probes
+    index = {t: k for k, t in enumerate(strong_tries(ctx.iar, int(leak["default_prefix"])))}
+    if len(index) != len(ctx.rules.thresholds):
+        return probes
+    ctx.eval_tokens(np.array(sorted({p.prompt for p in probes}), dtype=np.int64))
+    rules = ctx.rules
+
+    def gap(p: Probe) -> float:
+        return float(rules.bars(np.array([ctx.labels[p.prompt]]))[1][index[p.attempt], 0])
+
+    return [dataclasses.replace(p, gap_bar=gap(p)) if p.gap_bar is None and p.attempt in index else p
+            for p in probes]
 
 
 def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined: dict[int, list[int]],
@@ -502,7 +545,8 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
                 best, units = mp, list(pruned)
                 break
             # the strong attack found a try the probes let through: hold it too and prune the grown set again
-            fresh = [p for p in map(Probe.from_dict, mp["leak"]["probes"]) if p not in probes]
+            fresh = [p for p in ruled(ctx, cfg, before, [Probe.from_dict(d) for d in mp["leak"]["probes"]])
+                     if p not in probes]
             if not mp["leak"]["extracted"] or not fresh:
                 break
             probes += fresh
@@ -526,7 +570,7 @@ def alternatives(ctx: RepairContext, cfg: RepairConfig, journal: Journal, edit: 
     """The alternatives at the leak of ``edit`` (the kept edit, or the last round tried when none was kept)."""
     work = before["leak"]["extracted"]
     leak = len(edit["leak"]["extracted"])
-    probes = [p for ps in target_probes(before, work, []).values() for p in ps]
+    probes = ruled(ctx, cfg, before, [p for ps in target_probes(before, work, []).values() for p in ps])
     units = list(edit["order"])
     n = len(units)
     out = []
