@@ -6,8 +6,9 @@
 For each preset (random weights, random eval tokens): ``--targets`` images, each probed by the default greedy try
 and one sampled try from its own prompt, answered with ``probe.stopped`` under the agreement rule (generation and
 a token comparison) and under the joint rule (the same, plus the nearest other image of a pool of P token rows,
-searched in chunks as the strong attack does). Medians of --repeats timed runs after one warm-up; the ratio comes
-from the same run. The pool's tokens are given (in a repair they are cached by the first strong attack). Markdown.
+searched in chunks as the strong attack does). Medians of --repeats timed runs after one warm-up, the two rules
+interleaved; the ratio is the median of the paired ratios. The pool's tokens are given (in a repair they are
+cached by the first strong attack). Markdown out.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import time
 
 import numpy as np
 import torch
-from train_bench import timed  # the same median-after-warm-up timer (benchmarks/ is the script folder)
 
 from iarmem.attack.generate import GREEDY, Decoding, default_prefix
 from iarmem.attack.strong import Try
@@ -43,10 +45,17 @@ def bench(preset: str, targets: int, pool_size: int, repeats: int) -> dict:
     def run(probes: list[probe.Probe]) -> None:
         probe.stopped(iar, probes, tokens, labels, 0.05, pool=pool)
 
-    a = timed(lambda: run(agreement), repeats)
-    j = timed(lambda: run(joint), repeats)
+    run(agreement), run(joint)  # warm-up
+    times: dict[str, list[float]] = {"agreement": [], "joint": []}
+    for _ in range(repeats):  # interleaved, so a busy machine slows both alike
+        for name, probes in (("agreement", agreement), ("joint", joint)):
+            t0 = time.perf_counter()
+            run(probes)
+            times[name].append(time.perf_counter() - t0)
+    a, j = (statistics.median(times[k]) for k in ("agreement", "joint"))
+    pairs = statistics.median(x / y for x, y in zip(times["joint"], times["agreement"]))
     return {"preset": preset, "probes": len(joint), "pool": pool_size, "agreement_s": a, "joint_s": j,
-            "ratio": j / a}
+            "ratio": pairs}
 
 
 def main() -> None:
