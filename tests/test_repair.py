@@ -419,3 +419,42 @@ def test_a_joint_probe_is_stopped_when_the_copy_is_no_nearer_its_image_than_anot
     (agreement_only,) = ruled(c, RepairConfig(probe_rule="agreement"), before, [joint])
     assert agreement_only.gap_bar is None and not probes_stopped(dup, none, [agreement_only], 0.05)
     assert ruled(c, RepairConfig(), before, [joint]) == [joint]
+
+
+def test_grow_serves_survivors_it_can_stop_first_and_lets_the_others_fill_what_is_left(ctx: RepairContext,
+                                                                                      tmp_path: Path) -> None:
+    """Two survivors of round 1, the first in line (5: the copy under another id) with a ranking that cannot stop it
+    within the budget, the second (0) with its copy's own units first. Served in line order, 5 would take the whole
+    budget and starve 0 (the tenth session's 916 / 1257 run); grow serves 0 first, then 5 fills what is left."""
+    import dataclasses
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+
+    inj = injected_var()
+    c = dataclasses.replace(ctx, tokens=dict(ctx.tokens), labels=dict(ctx.labels))
+    c.tokens[5], c.labels[5] = inj.seqs.ids_BL[0], int(inj.labels[0])
+    truth = c.scores.to_flat(inj.units)
+    rest = np.setdiff1d(np.arange(len(c.scores.flat)), truth)
+    rng = np.random.default_rng(3)
+    good = np.concatenate([rng.permutation(truth), rng.permutation(rest)])
+    bad = rng.permutation(rest)
+    rankings = {0: good, 5: bad}
+
+    def m(extracted: list[int], order: list[int]) -> dict:
+        return {"units": len(order), "order": order, "quality": {"fid": 1.0},
+                "leak": {"extracted": extracted, "probes": [], "default_extracted": extracted}}
+
+    before = m([5, 0], []) | {"units": 0}
+    before["leak"] |= {"default_prefix": default_prefix(c.iar), "default_probe_bar": 0.9}
+    steps = {"round1": m([5, 0], []), "round2": m([], [1, 2, 3]), "prune": [1, 2, 3]}
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    journal = Journal(tmp_path / "steps.json", World())
+    cfg = RepairConfig(max_units=2.5 * len(truth) / len(c.scores.flat) * 100, every_try_after=0)
+    budget = int(cfg.max_units / 100 * len(c.scores.flat))
+    outcome, _ = run_repair(c, cfg, journal, {0: [], 5: []}, lambda i: (lambda removed: rankings[i]), before)
+    g = journal.steps["grow1"]
+    assert outcome.status == "clean" and g["failed"] == []
+    assert set(g["added"]["0"]) <= set(truth.tolist()) and g["added"]["0"]  # 0 grew along its copy's units
+    assert g["order"][:len(g["added"]["0"])] == g["added"]["0"]  # and first, though 5 came first in line
+    assert set(g["added"]["5"]) <= set(bad.tolist()) and len(g["order"]) <= budget
