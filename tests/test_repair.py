@@ -371,18 +371,18 @@ def test_the_model_written_holds_the_fallback_s_tuned_units_exactly(ctx: RepairC
         write_bytes(fallback_file(journal), save(want))
         restore(c.iar, saved)
         assert not probes_stopped(c, np.zeros(0, np.int64), copy, 0.05)  # the copy is back with the weights
-        rec = kept_edit(c, {"edit": "unlearn", "extracted_before": [0]}, truth, cfg, journal)
+        rec = kept_edit(c, {"edit": "unlearn", "extracted_before": [0]}, truth, cfg, fallback_file(journal))
         got = unit_values(c.iar, chosen)
         assert all(torch.equal(got[k], want[k]) for k in want) and rec.edit == "unlearn"
         assert rec.count == len(truth) and rec.as_dict()["detail"]["steps"] == 20
         assert probes_stopped(c, np.zeros(0, np.int64), copy, 0.05)  # the model as measured: the copy is gone
         restore(c.iar, saved)
-        fallback_file(journal).unlink()
-        kept_edit(c, {"edit": "unlearn", "extracted_before": [0]}, truth, cfg, journal)  # no file: tuned again
+        fallback_file(journal).unlink()  # no file: kept_edit tunes again
+        kept_edit(c, {"edit": "unlearn", "extracted_before": [0]}, truth, cfg, fallback_file(journal))
         again = unit_values(c.iar, chosen)
         assert all(torch.equal(again[k], want[k]) for k in want)
         restore(c.iar, saved)
-        kept_edit(c, {"edit": "exact", "extracted_before": [0]}, truth, cfg, journal)
+        kept_edit(c, {"edit": "exact", "extracted_before": [0]}, truth, cfg, fallback_file(journal))
         assert not all(torch.equal(unit_values(c.iar, chosen)[k], everything[k][m])
                        for k, m in unit_masks(c.iar, chosen).items())
     finally:

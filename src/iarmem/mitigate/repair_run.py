@@ -39,7 +39,6 @@ from iarmem.mitigate.repair import (
     alternatives,
     config_dict,
     fallback,
-    fallback_file,
     keep_bars,
     measure,
     quality_noise,
@@ -259,16 +258,15 @@ def _unitmem(args: argparse.Namespace, out: Path, world: Any) -> Localization:
     return load_localization(cfg.out)
 
 
-def kept_edit(ctx: RepairContext, record: dict[str, Any], units: list[int], cfg: RepairConfig, journal: Journal,
+def kept_edit(ctx: RepairContext, record: dict[str, Any], units: list[int], cfg: RepairConfig, tuned: Path,
               ) -> EditRecord:
     """Put the kept edit on ``ctx.iar`` for good: the units removed exactly, or (the fallback) their values as the
-    fine-tuning measured them, read back from its file (tuned again, deterministically, if the file is gone)."""
+    fine-tuning measured them, read back from ``tuned`` (tuned again, deterministically, if the file is gone)."""
     chosen = ctx.units(np.asarray(units, dtype=np.int64))
     if record.get("edit") != "unlearn":
         return apply_edit(ctx.iar, chosen, "exact", 0.0)
-    path = fallback_file(journal)
-    if path.is_file():
-        set_unit_values(ctx.iar, chosen, load_tensors(path.read_bytes()))
+    if tuned.is_file():
+        set_unit_values(ctx.iar, chosen, load_tensors(tuned.read_bytes()))
     else:
         unlearn_units(ctx, cfg, chosen, record["extracted_before"])
     return unlearn_record(ctx.iar, chosen, cfg.unlearn)
@@ -281,7 +279,7 @@ def _finish(run_: Run, out: Path, record: dict[str, Any], units: list[int], sour
     if world.is_main:
         if units:
             flat = np.asarray(units, dtype=np.int64)
-            edit = kept_edit(ctx, record, units, cfg or RepairConfig(), Journal(out / JOURNAL_FILE, world))
+            edit = kept_edit(ctx, record, units, cfg or RepairConfig(), out / FALLBACK_FILE)
             written = write_edited_model(ctx.iar, out, source, extra={"edited_from": str(source.spec),
                                                                       "edit": EDIT_FILE, "repair": REPAIR_FILE})
             sel = Selection(ctx.units(flat), dict(zip(ctx.scores.names, ctx.scores.blocks)), "repair", "none", None,
