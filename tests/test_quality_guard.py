@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from iarmem.quality_guard import mean_fid, mean_of, paired_change, refusal, relative_fid
+from iarmem.quality_guard import (
+    mean_fid,
+    mean_of,
+    paired_change,
+    refusal,
+    relative_fid,
+    relative_fid_se,
+    unsettled,
+)
 
 
 def test_the_change_is_between_means_over_the_same_seeds() -> None:
@@ -19,8 +27,38 @@ def test_one_draw_each_when_the_draws_do_not_pair() -> None:
     before = {"fid": 2.0, "fid_draws": [2.0, 2.5, 1.5]}
     old = {"fid": 2.2}  # a measurement journalled before every measurement drew its seeds
     assert mean_fid(old) == 2.2 and relative_fid(old, before) == pytest.approx(0.1)
-    assert relative_fid({"fid": 2.2, "fid_draws": [2.2, 9.0]}, before) == pytest.approx(0.1)
     assert relative_fid({"fid": 1.0}, {"fid": 0.0}) == float("inf")
+
+
+def test_draws_of_unequal_length_pair_on_the_seeds_both_drew() -> None:
+    """Seeds are drawn in the same order everywhere, and a verdict near a bar draws more: the common prefix is
+    the set of seeds both records hold."""
+    before = {"fid": 2.0, "fid_draws": [2.0, 2.5, 1.5, 3.0, 1.0, 2.0]}  # drew three more for another edit
+    edit = {"fid": 2.2, "fid_draws": [2.2, 2.6, 1.8]}
+    assert relative_fid(edit, before) == pytest.approx((6.6 - 6.0) / 6.0)  # the first three seeds: +10 %
+    acc = paired_change({"class_accuracy_draws": [0.5, 0.6]}, {"class_accuracy_draws": [0.4, 0.4, 0.9]},
+                        "class_accuracy")
+    assert acc is not None and acc[0] == pytest.approx(0.15)
+
+
+def test_a_verdict_within_two_standard_errors_of_a_bar_is_unsettled() -> None:
+    before = {"fid": 3.0, "fid_draws": [3.0, 3.0, 3.0]}
+    near = {"fid_draws": [3.6, 3.0, 3.3]}  # +10 %, per-seed changes 20 / 0 / 10 %: se 5.8 %
+    assert relative_fid(near, before) == pytest.approx(0.1)
+    assert relative_fid_se(near, before) == pytest.approx(0.0577, abs=1e-4)
+    assert unsettled(near, before, 0.10, None)
+    assert not unsettled(near, before, 0.30, None)  # 0.1 + 2 x 0.058 < 0.3: clearly within
+    far = {"fid_draws": [4.2, 4.5, 4.8]}  # +50 % +- 5.8 %: clearly over
+    assert not unsettled(far, before, 0.10, None)
+    tight = {"fid_draws": [3.27, 3.33, 3.3]}  # +10 % +- 0.6 %: settled either way at a 15 % or 5 % bar
+    assert not unsettled(tight, before, 0.15, None) and not unsettled(tight, before, 0.05, None)
+    assert not unsettled({"fid": 3.3}, {"fid": 3.0}, 0.10, None)  # one draw each: nothing to pair
+    # accuracy: -2 points +- 1.2 at a 2-point bar, FID far inside its own: unsettled by accuracy alone
+    b = before | {"class_accuracy_draws": [0.80, 0.80, 0.80]}
+    e = {"fid_draws": [3.0, 3.0, 3.0], "class_accuracy_draws": [0.78, 0.76, 0.80]}
+    assert unsettled(e, b, 0.10, 2.0) and not unsettled(e, b, 0.10, None)
+    # a change clearly over one bar is settled (refused) though the other is near its own
+    assert not unsettled(far | {"class_accuracy_draws": [0.78, 0.76, 0.80]}, b, 0.10, 2.0)
 
 
 def test_class_accuracy_is_read_as_its_mean_over_the_draws_too() -> None:
@@ -55,3 +93,9 @@ def test_the_guard_refuses_a_fall_in_class_accuracy_that_fid_lets_through() -> N
     assert refusal(no_classifier, {"fid": 3.0, "fid_draws": [3.0, 3.0, 3.0]}, 0.10, 2.0) is None
     better = cheap | {"class_accuracy_draws": [0.90, 0.88, 0.90]}  # a rise is never refused
     assert refusal(better, before, 0.10, 0.0) is None
+
+
+def test_draws_without_a_classifier_are_not_paired() -> None:
+    no_cls = {"class_accuracy": None, "class_accuracy_draws": [None, None, None], "fid_draws": [3.0, 3.0, 3.0]}
+    assert paired_change(no_cls, no_cls, "class_accuracy") is None
+    assert refusal(no_cls | {"fid_draws": [3.1, 3.0, 3.0]}, no_cls, 0.10, 2.0) is None

@@ -458,3 +458,53 @@ def test_grow_serves_survivors_it_can_stop_first_and_lets_the_others_fill_what_i
     assert set(g["added"]["0"]) <= set(truth.tolist()) and g["added"]["0"]  # 0 grew along its copy's units
     assert g["order"][:len(g["added"]["0"])] == g["added"]["0"]  # and first, though 5 came first in line
     assert set(g["added"]["5"]) <= set(bad.tolist()) and len(g["order"]) <= budget
+
+
+@pytest.mark.parametrize("cap, status", [(9, "clean"), (3, "quality")])
+def test_a_verdict_the_seeds_could_flip_draws_more_paired_seeds_under_the_edit(
+        ctx: RepairContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int, status: str) -> None:
+    """Round 1 stops the target at +11.3 % FID over three seeds (per-seed +20 / 0 / +14 %): a 10 % bar is inside
+    its noise. Three more seeds for it and for the unedited model (the edited state reads +5 % on them) bring the
+    mean under the bar; with the cap at three draws the round is refused as before. The draws are journalled, so a
+    resumed repair reads them back and draws nothing."""
+    import json
+
+    from iarmem.mitigate import repair
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+
+    unedited = sum(float(p.detach().abs().sum()) for p in ctx.iar.parameters())
+
+    def fake_quality(c: RepairContext, noise: float = 0.0, seed: int | None = None) -> dict:
+        edited = abs(sum(float(p.detach().abs().sum()) for p in c.iar.parameters()) - unedited) > 1e-3
+        return {"fid": 3.15 if edited else 3.0, "class_accuracy": None}
+
+    monkeypatch.setattr(repair, "quality", fake_quality)
+
+    def m(extracted: list[int], fids: list[float], order: list[int]) -> dict:
+        return {"units": len(order), "order": order, "quality": {"fid": fids[0], "fid_draws": fids},
+                "leak": {"extracted": extracted, "probes": [], "default_extracted": extracted}}
+
+    before = m([1], [3.0, 3.0, 3.0], []) | {"units": 0}
+    before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
+    steps = {"round1": m([], [3.6, 3.0, 3.42], [5, 6, 7]), "prune": [5, 6, 7]}
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    cfg = RepairConfig(max_quality_loss=0.1, max_quality_draws=cap, fallback="none")
+    outcome, record = run_repair(ctx, cfg, Journal(tmp_path / "steps.json", World()), {1: [5, 6, 7]},
+                                 lambda i: None, before)
+    assert outcome.status == status
+    saved = json.loads((tmp_path / "steps.json").read_text())
+    if cap == 3:
+        assert set(saved) == {"round1", "prune"} and len(before["quality"]["fid_draws"]) == 3
+        return
+    assert outcome.units == [5, 6, 7] and len(outcome.final["quality"]["fid_draws"]) == 9
+    assert saved["round1-draws6"]["fid_draws"] == [3.15] * 3  # drawn with the round's units removed
+    assert saved["before-draws6"]["fid_draws"] == [3.0] * 3 and saved["before-draws9"]["start"] == 6
+    assert before["quality"]["fid_draws"] == [3.0] * 9 and saved["round1"]["quality"]["fid_draws"] == [3.6, 3.0, 3.42]
+
+    def no_draws(*args, **kwargs):
+        raise AssertionError("a resumed repair must read its draws from the journal")
+
+    monkeypatch.setattr(repair, "quality", no_draws)
+    before["quality"]["fid_draws"] = [3.0] * 3
+    again, _ = run_repair(ctx, cfg, Journal(tmp_path / "steps.json", World()), {1: [5, 6, 7]}, lambda i: None, before)
+    assert again.status == "clean" and again.final["quality"]["fid_draws"] == outcome.final["quality"]["fid_draws"]

@@ -78,3 +78,15 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     record |= {"edit": "unlearn", "fallback": record["fallback"] | {"kept": True}}
     assert "extracted targets stopped under every strong-attack try, fine-tuning 14 fc1 units" in _summary(
         record)["sentence"]
+    # a verdict near the bar drew three more paired seeds for round 2 (and another edit six for the unedited model):
+    # the summary reads the seeds both drew, and the row says it was read on more seeds than the others
+    record |= {"config": {"quality_draws": 3}, "edit": "exact"}
+    record["before"]["quality"]["fid_draws"] = [2.0, 2.3, 1.9, 2.1, 2.0, 2.2, 5.0, 5.0, 5.0]
+    for m in (record["rounds"][1], record["final"]):
+        m["quality"]["fid_draws"] = [2.2, 2.9, 2.5, 2.0, 2.1, 2.3]
+    s6 = _summary(record)
+    assert s6["fid_draws"] == 6 and abs(s6["fid_before"] - 12.5 / 6) < 1e-9 and abs(s6["fid_after"] - 14.0 / 6) < 1e-9
+    assert abs(s6["relative_fid"] - (14.0 / 12.5 - 1)) < 1e-9
+    write_json(out / "repair.json", record)
+    html = build_report([str(tmp_path)])
+    assert "+12.0 % (6 seeds)" in html and "+5.0 %</td>" in html  # round 1's one draw is read as before

@@ -27,21 +27,33 @@ def mean_fid(q: dict[str, Any]) -> float:
     return m
 
 
+def paired(q: dict[str, Any], q0: dict[str, Any], key: str) -> tuple[list[float], list[float]]:
+    """The draws of ``key`` both records hold, seed for seed: every measurement draws the seeds in the same order,
+    and a verdict near a bar draws more (``settle`` in the repair), so the shorter list's seeds are the common
+    ones. Empty lists when either record has no draws (or a draw without the value: no classifier)."""
+    a, b = q.get(f"{key}_draws") or [], q0.get(f"{key}_draws") or []
+    n = min(len(a), len(b))
+    if any(v is None for v in a[:n] + b[:n]):
+        return [], []
+    return [float(x) for x in a[:n]], [float(y) for y in b[:n]]
+
+
 def relative_fid(q: dict[str, Any], q0: dict[str, Any]) -> float:
-    """Relative FID increase of ``q`` over ``q0``: the means over the same seeds when both drew them, else
-    one draw each (a measurement journalled before the draws, or ``--quality-draws 1``)."""
-    if len(q.get("fid_draws") or []) != len(q0.get("fid_draws") or []):
-        q, q0 = {"fid": q["fid"]}, {"fid": q0["fid"]}
-    a, b = mean_fid(q), mean_fid(q0)
-    return (a - b) / b if b else float("inf")
+    """Relative FID increase of ``q`` over ``q0``: the means over the seeds both drew, else one draw each (a
+    measurement journalled before the draws, or ``--quality-draws 1``)."""
+    a, b = paired(q, q0, "fid")
+    if not a:
+        a, b = [float(q["fid"])], [float(q0["fid"])]
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    return (ma - mb) / mb if mb else float("inf")
 
 
 def paired_change(q: dict[str, Any], q0: dict[str, Any], key: str) -> tuple[float, float | None] | None:
     """Mean change of ``key`` from ``q0`` to ``q`` over the paired draws and its standard error (None with one
     draw each). Class accuracy over 200 generations moves about 3 points with the seed alone (binomial, at
     0.4-0.8), so a 2-point bar needs the error beside the change."""
-    a, b = q.get(f"{key}_draws") or [], q0.get(f"{key}_draws") or []
-    if len(a) == len(b) >= 2:
+    a, b = paired(q, q0, key)
+    if len(a) >= 2:
         d = [x - y for x, y in zip(a, b)]
         m = sum(d) / len(d)
         var = sum((x - m) ** 2 for x in d) / (len(d) - 1)
@@ -49,6 +61,38 @@ def paired_change(q: dict[str, Any], q0: dict[str, Any], key: str) -> tuple[floa
     if q.get(key) is None or q0.get(key) is None:
         return None
     return float(q[key]) - float(q0[key]), None
+
+
+def relative_fid_se(q: dict[str, Any], q0: dict[str, Any]) -> float | None:
+    """Standard error of ``relative_fid`` over the paired draws (None under two): the per-seed changes scaled by
+    the unedited mean, whose mean is the relative change itself."""
+    a, b = paired(q, q0, "fid")
+    mb = sum(b) / len(b) if b else 0.0
+    if len(a) < 2 or not mb:
+        return None
+    d = [(x - y) / mb for x, y in zip(a, b)]
+    m = sum(d) / len(d)
+    return (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+
+
+def unsettled(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float, max_accuracy_drop: float | None,
+              z: float = 2.0) -> bool:
+    """Whether the guard's verdict on ``q`` could flip with the sampling seeds: no bar is crossed by more than
+    ``z`` standard errors, and some bar is within ``z`` of the change. More paired draws then settle it; a
+    change clearly over one bar, or clearly within all, is settled already."""
+    over, near = False, False
+    checks: list[tuple[float, float | None, float]] = [(relative_fid(q, q0), relative_fid_se(q, q0),
+                                                        max_fid_increase)]
+    acc = paired_change(q, q0, "class_accuracy")
+    if max_accuracy_drop is not None and acc is not None:
+        checks.append((-100 * acc[0], None if acc[1] is None else 100 * acc[1], max_accuracy_drop))
+    for value, se, bar in checks:
+        if se is None:
+            over |= value > bar
+            continue
+        over |= value - z * se > bar
+        near |= abs(value - bar) <= z * se
+    return near and not over
 
 
 def refusal(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float,

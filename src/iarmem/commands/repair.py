@@ -105,6 +105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling seeds every FID is drawn under, the same for every edit; the guard reads the "
                         "mean, seed for seed, and their spread on the unedited model is recorded as the noise "
                         "(default 3; 1: one draw)")
+    g.add_argument("--max-quality-draws", type=int, metavar="N",
+                   help="an edit whose guard verdict the seeds could flip (its FID or accuracy change within two "
+                        "standard errors of the bar, over none by more) draws --quality-draws more paired seeds, "
+                        "it and the unedited model alike, up to N (default 3 x --quality-draws; the same: never)")
     g.add_argument("--features", default="trained", help="feature extractor for FID (see `iarmem evaluate`)")
     g.add_argument("--features-cache", help="folder of the trained feature CNN (default OUT/features)")
     g.add_argument("--trigger-steps", type=int, default=30, help="strong attack: Adam steps of the trigger search")
@@ -149,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         (args.class_calibration is None or args.class_calibration >= 0,
          f"--class-calibration-images must be >= 0 (0: one bar for every class), got {args.class_calibration}"),
         (args.quality_draws >= 1, f"--quality-draws must be >= 1 (1: no noise estimate), got {args.quality_draws}"),
+        (args.max_quality_draws is None or args.max_quality_draws >= args.quality_draws,
+         f"--max-quality-draws must be >= --quality-draws ({args.quality_draws}), got {args.max_quality_draws}"),
         (bool(args.paper_tops) and all(0 < p <= 100 for p in args.paper_tops),
          "--paper-tops takes percents in (0, 100]"),
         (bool(args.noise_levels) and all(s > 0 for s in args.noise_levels), "--noise-levels must be > 0"),

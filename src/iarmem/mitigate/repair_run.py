@@ -6,6 +6,7 @@ Everything that can refuse the input runs before the run folder is opened (exit 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from iarmem.mitigate.write import EDIT_FILE, edit_manifest, hash_files, write_ed
 from iarmem.models.loading import is_model_folder
 from iarmem.plans import model_plan, parse_ids, select_ids
 from iarmem.progress import log
-from iarmem.quality_guard import mean_fid, mean_of, paired_change, relative_fid
+from iarmem.quality_guard import mean_fid, mean_of, paired, paired_change, relative_fid
 from iarmem.runs import Run, fingerprint, require_finished, start_run
 
 REPAIR_FILE = "repair.json"
@@ -141,7 +142,7 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
                        alternatives=alts, fallback=args.fallback, probe_rule=args.probe_rule,
                        paper_tops=tuple(args.paper_tops), noise_levels=tuple(args.noise_levels),
                        unlearn=UnlearnConfig(steps=args.unlearn_steps), quality_draws=args.quality_draws,
-                       seed=args.seed)
+                       max_quality_draws=args.max_quality_draws, seed=args.seed)
     settings = {"model": args.model, "data": ds.describe(), "leaked": str(Path(args.leaked).resolve()),
                 "targets": [int(i) for i in targets], "config": config_dict(cfg), "attack": attack.as_dict(),
                 "n_per_class": args.n_per_class, "features": args.features, "unitmem": args.unitmem}
@@ -183,7 +184,8 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     journal = Journal(out / JOURNAL_FILE, world)
 
     with torch.no_grad():
-        before = journal.step("before", lambda: measure(ctx))
+        # a copy: a verdict near a bar draws the unedited model under more seeds into it (``settle``), journalled apart
+        before = copy.deepcopy(journal.step("before", lambda: measure(ctx)))
         keep_bars(ctx, before)
         noise = (journal.step("quality-noise", lambda: quality_noise(ctx, before, cfg.quality_draws))
                  if cfg.quality_draws > 1 else None)
@@ -322,6 +324,9 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
                          | {"fid": mean_fid(a["quality"])} for a in record.get("alternatives", [])],
     }
     if final:
+        a, b = paired(final["quality"], before["quality"], "fid")
+        if a:  # the seeds both drew (a verdict near the bar drew more of them)
+            s |= {"fid_before": sum(b) / len(b), "fid_after": sum(a) / len(a), "fid_draws": len(a)}
         rel = relative_fid(final["quality"], before["quality"])
         s["relative_fid"] = rel
         acc = paired_change(final["quality"], before["quality"], "class_accuracy")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iarmem.quality_guard import mean_fid, mean_of, relative_fid
+from iarmem.quality_guard import mean_fid, mean_of, paired, relative_fid
 from iarmem.report.discover import ModelGroup
 from iarmem.report.fmt import DASH, as_dict, missing, num, run_label
 from iarmem.report.html import esc, note, table
@@ -14,10 +14,13 @@ HEADERS = ["edit", "units (% of fc1)", "targets extracted (strong)", "default at
            "held-out false pos.", "mean loss: targets / ordinary / held-out", "FID", "FID change", "class acc."]
 
 
-def _row(name: str, m: dict[str, Any], n: int, q0: dict[str, Any]) -> list[str]:
+def _row(name: str, m: dict[str, Any], n: int, q0: dict[str, Any], draws: int) -> list[str]:
     leak, q = as_dict(m.get("leak")), as_dict(m.get("quality"))
     fid = mean_fid(q) if isinstance(q.get("fid"), (int, float)) else None
     change = f"{100 * relative_fid(q, q0):+.1f} %" if fid is not None and q0.get("fid") else DASH
+    seeds = len(paired(q, q0, "fid")[0])
+    if change != DASH and seeds > draws:  # its verdict was near a bar: more paired seeds settled it
+        change += f" ({seeds} seeds)"
     units = m.get("units", 0)
     frac = m.get("fraction")
     return [name, f"{num(units)} ({100 * frac:.2f} %)" if isinstance(frac, (int, float)) else num(units),
@@ -73,17 +76,18 @@ def repair_section(groups: list[ModelGroup]) -> str:
             before = as_dict(r.get("before"))
             q0 = as_dict(before.get("quality"))
             n = len(r.get("targets", []))
-            rows = [_row("unedited", before, n, q0)]
-            rows += [_row(f"round {k}", m, n, q0) for k, m in enumerate(r.get("rounds", []), 1)]
+            draws = int(as_dict(r.get("config")).get("quality_draws") or 1)
+            rows = [_row("unedited", before, n, q0, draws)]
+            rows += [_row(f"round {k}", m, n, q0, draws) for k, m in enumerate(r.get("rounds", []), 1)]
             attempts = r.get("prune_attempts") or ([r["pruned"] | {"kept": r.get("pruned_kept")}] if r.get("pruned")
                                                    else [])
             rows += [_row("pruned" + (f", attempt {k}" if len(attempts) > 1 else "") + ("" if a.get("kept") else
-                                                                                      " (not kept)"), a, n, q0)
+                                                                                      " (not kept)"), a, n, q0, draws)
                      for k, a in enumerate(attempts, 1)]
             if fb := r.get("fallback"):
                 rows.append(_row("fallback: the last round's units fine-tuned" + ("" if fb.get("kept") else
-                                                                                   " (not kept)"), fb, n, q0))
-            rows += [_row(f"alternative: {esc(a.get('setting', a.get('name')))}", a, n, q0)
+                                                                                   " (not kept)"), fb, n, q0, draws))
+            rows += [_row(f"alternative: {esc(a.get('setting', a.get('name')))}", a, n, q0, draws)
                      for a in r.get("alternatives", [])]
             body = (f"<h3>{esc(g.label)} &middot; {run_label(run)}</h3><p>{esc(s.get('sentence', ''))}</p>"
                     + table(HEADERS, rows, numeric=[False] + [True] * (len(HEADERS) - 1), stack=True))
