@@ -68,7 +68,7 @@ def _repair_argv(trained: Path) -> tuple[list[str], list[int]]:
     assert len(ids) == 2
     return ["repair", str(model), "mnist", "--leaked", str(leaked), "--images", ",".join(map(str, ids)),
             "--alternatives", "random", "--max-quality-loss", "10", "--max-units", "20", "--trigger-steps", "5",
-            "--n-per-class", "5", "--prune-tries", "4"], ids
+            "--n-per-class", "5", "--prune-tries", "4", "--max-quality-draws", "3"], ids  # 3 seeds for every state
 
 
 @pytest.mark.slow
