@@ -330,7 +330,7 @@ def settle(ctx: RepairContext, cfg: RepairConfig, journal: Journal, name: str, m
     model draws the same seeds once (``before-draws{n}``, put into ``before["quality"]`` in place, so every
     later verdict pairs them too), the state under ``state()`` its own (``{name}-draws{n}``). Three draws read
     FID within about +-8 % on the tiny models (docs/RESULTS.md section 10): at a 10 % bar a verdict near it is
-    a coin flip, and more draws cost seconds where a strong attack costs a minute."""
+    a coin flip. Six more draws cost about one measurement (docs/BENCHMARKS.md), and only where it matters."""
     q, q0 = m["quality"], before["quality"]
     while True:
         n = len(q.get("fid_draws") or [])
