@@ -63,7 +63,7 @@ from iarmem.mitigate.select import Scores, pick_random, select_units
 from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unit_values, unlearn
 from iarmem.models.base import IAR, Tokens
 from iarmem.progress import log
-from iarmem.quality_guard import mean_fid, refusal, relative_fid, relative_fid_se, unsettled
+from iarmem.quality_guard import mean_fid, paired_change, refusal, relative_fid, relative_fid_se, unsettled
 from iarmem.tokens import load_views
 
 ALTERNATIVES = ("random", "paper", "noise", "unlearn")
@@ -338,9 +338,11 @@ def settle(ctx: RepairContext, cfg: RepairConfig, journal: Journal, name: str, m
             break
         k = min(n + cfg.quality_draws, cfg.draw_cap)
         if ctx.world.is_main:
-            se = relative_fid_se(q, q0) or 0.0
+            acc = paired_change(q, q0, "class_accuracy")
             log(f"repair {name}: the guard's verdict is within the sampling noise (FID "
-                f"{100 * relative_fid(q, q0):+.1f} +- {100 * se:.1f} %): {k - n} more paired seeds")
+                f"{100 * relative_fid(q, q0):+.1f} +- {100 * (relative_fid_se(q, q0) or 0.0):.1f} %"
+                + (f", class accuracy {100 * acc[0]:+.1f} +- {100 * (acc[1] or 0.0):.1f} points" if acc else "")
+                + f"): {k - n} more paired seeds")
         n0 = len(q0.get("fid_draws") or [])
         if n0 < k:
             q0.update(with_draws(q0, journal.step(f"before-draws{k}", lambda a=n0, b=k: {
