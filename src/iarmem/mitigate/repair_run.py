@@ -195,17 +195,19 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     # the guard compares means over the draws, seed for seed: an edit's own draws are as noisy as the
     # unedited model's, so the change it reads moves by about std x sqrt(2 / draws)
     guard_noise = noise["relative_std"] * (2 / len(noise["fid"])) ** 0.5 if noise is not None else 0.0
+    advice = (f"a verdict near it draws up to {cfg.draw_cap} seeds (--max-quality-draws); --n-per-class narrows "
+              "each draw")
     if guard_noise > cfg.max_quality_loss / 2:
         log(f"note: the unedited model's FID moves {100 * noise['relative_std']:.1f} % (relative std over "
             f"{len(noise['fid'])} sampling seeds) with no edit, so the guard's FID change moves about "
             f"{100 * guard_noise:.1f} %; a --max-quality-loss of {100 * cfg.max_quality_loss:g} % is within that "
-            f"noise: raise --quality-draws or --n-per-class")
+            f"noise: {advice}")
     acc_noise = (noise or {}).get("class_accuracy_std_points", 0.0) * (2 / cfg.quality_draws) ** 0.5
     if cfg.max_accuracy_drop is not None and acc_noise > cfg.max_accuracy_drop / 2:
         log(f"note: the unedited model's class accuracy moves {noise['class_accuracy_std_points']:.1f} points (std "
             f"over {cfg.quality_draws} sampling seeds) with no edit, so the guard's accuracy change moves about "
             f"{acc_noise:.1f} points; a --max-accuracy-drop of {cfg.max_accuracy_drop:g} is within that noise: "
-            f"raise --quality-draws or --n-per-class")
+            f"{advice}")
     record: dict[str, Any] = {"format": "iarmem.repair", "version": 1, "targets": [int(i) for i in targets],
                               "extracted_before": work,
                               "not_extracted_before": [int(i) for i in targets if int(i) not in work],
