@@ -38,6 +38,12 @@ def paired(q: dict[str, Any], q0: dict[str, Any], key: str) -> tuple[list[float]
     return [float(x) for x in a[:n]], [float(y) for y in b[:n]]
 
 
+def mean_se(d: list[float]) -> tuple[float, float]:
+    """Mean of at least two paired changes ``d`` and its standard error."""
+    m = sum(d) / len(d)
+    return m, (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+
+
 def relative_fid(q: dict[str, Any], q0: dict[str, Any]) -> float:
     """Relative FID increase of ``q`` over ``q0``: the means over the seeds both drew, else one draw each (a
     measurement journalled before the draws, or ``--quality-draws 1``)."""
@@ -54,10 +60,7 @@ def paired_change(q: dict[str, Any], q0: dict[str, Any], key: str) -> tuple[floa
     0.4-0.8), so a 2-point bar needs the error beside the change."""
     a, b = paired(q, q0, key)
     if len(a) >= 2:
-        d = [x - y for x, y in zip(a, b)]
-        m = sum(d) / len(d)
-        var = sum((x - m) ** 2 for x in d) / (len(d) - 1)
-        return m, (var / len(d)) ** 0.5
+        return mean_se([x - y for x, y in zip(a, b)])
     if q.get(key) is None or q0.get(key) is None:
         return None
     return float(q[key]) - float(q0[key]), None
@@ -70,9 +73,7 @@ def relative_fid_se(q: dict[str, Any], q0: dict[str, Any]) -> float | None:
     mb = sum(b) / len(b) if b else 0.0
     if len(a) < 2 or not mb:
         return None
-    d = [(x - y) / mb for x, y in zip(a, b)]
-    m = sum(d) / len(d)
-    return (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+    return mean_se([(x - y) / mb for x, y in zip(a, b)])[1]
 
 
 def unsettled(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float, max_accuracy_drop: float | None,
