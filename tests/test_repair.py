@@ -160,6 +160,37 @@ def test_a_round_that_stops_every_target_over_the_guard_is_pruned_before_it_is_r
         assert outcome.units == [] and outcome.final is None and not record["pruned_kept"]
 
 
+@pytest.mark.parametrize("round1_fid, past, status, rounds", [(1.15, 2.0, "clean", 2), (1.15, 0.0, "quality", 1),
+                                                           (1.3, 2.0, "quality", 1)])
+def test_a_refused_round_that_leaves_a_target_grows_on_while_near_the_guard(
+        ctx: RepairContext, tmp_path: Path, round1_fid: float, past: float, status: str, rounds: int) -> None:
+    """Round 1 costs +15 % FID and leaves target 1: refused, but within 2 x the guard, so target 1 grows; round 2
+    stops both at +25 % and its prune to three units at +5 % is kept. Growing past the guard off, or a round 1
+    over 2 x the bar (+30 %), stops at round 1 with nothing kept, as before."""
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+
+    def m(extracted: list[int], fid: float, order: list[int]) -> dict:
+        return {"units": len(order), "order": order, "quality": {"fid": fid},
+                "leak": {"extracted": extracted, "probes": [], "default_extracted": extracted}}
+
+    before = m([0, 1], 1.0, []) | {"units": 0}
+    before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
+    grown = [5, 6, 7, 8, 9]
+    steps = {"round1": m([1], round1_fid, [5, 6]), "grow1": {"order": grown, "added": {"1": [7, 8, 9]},
+                                                                "failed": [], "unconfirmed": []},
+             "round2": m([], 1.25, grown), "prune": [5, 7, 8], "pruned": m([], 1.05, [5, 7, 8])}
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    outcome, record = run_repair(ctx, RepairConfig(max_quality_loss=0.1, grow_past_guard=past),
+                                 Journal(tmp_path / "steps.json", World()), {0: [5], 1: [6]}, lambda i: None, before)
+    assert outcome.status == status and len(record["rounds"]) == rounds
+    if status == "clean":
+        assert outcome.units == [5, 7, 8] and record["pruned_kept"] and "pruned from 5 to 3 units" in outcome.message
+    else:
+        assert outcome.units == [] and outcome.final is None and "round 1 costs" in outcome.message
+
+
 def test_a_round_that_costs_class_accuracy_is_refused_though_fid_passes(ctx: RepairContext, tmp_path: Path) -> None:
     """The issue's bar is FID and class accuracy: an edit that stops every target at +2 % FID but 6 points of
     accuracy is refused, and the refusal names the accuracy; with the accuracy guard off it is clean."""

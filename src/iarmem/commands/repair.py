@@ -73,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-units", type=float, default=5.0,
                    help="largest share of the fc1 units the edit may remove, in %% (default 5)")
     g.add_argument("--max-rounds", type=int, default=4, help="attack-and-grow rounds (default 4)")
+    g.add_argument("--grow-past-guard", type=float, default=2.0, metavar="K",
+                   help="a round the quality guard refuses that leaves targets extracted grows on while its FID and "
+                        "accuracy costs are within K x their bars: a later round's prune may fit the guard (default "
+                        "2; 0: stop at the first refused round)")
     g.add_argument("--prune-tries", type=int, default=48, help="single units tried back when pruning (default 48)")
     g.add_argument("--prune-rounds", type=int, default=3,
                    help="prune attempts: when the strong attack sees through a pruned edit, the tries it used join "
@@ -142,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
          f"--max-accuracy-drop must be >= 0 points (or 'none'), got {args.max_accuracy_drop}"),
         (0 < args.max_units <= 100, f"--max-units is a percent in (0, 100], got {args.max_units}"),
         (args.max_rounds >= 1, f"--max-rounds must be >= 1, got {args.max_rounds}"),
+        (args.grow_past_guard == 0 or args.grow_past_guard >= 1,
+         f"--grow-past-guard is a multiple of the guard's bars, >= 1 (or 0: never), got {args.grow_past_guard}"),
         (args.max_targets is None or args.max_targets >= 1, f"--max-targets must be >= 1, got {args.max_targets}"),
         (args.every_try_after >= 0, f"--every-try-after must be >= 0 (0: never), got {args.every_try_after}"),
         (args.prune_rounds >= 1, f"--prune-rounds must be >= 1, got {args.prune_rounds}"),

@@ -8,8 +8,9 @@
    evaluation again. A target still extracted grows its set: units from its ranking re-computed on
    the edited model, doubling, until probes of every try that brought it back are stopped. Stop
    when no target comes out, when the relative FID increase crosses ``max_quality_loss`` or class accuracy
-   falls by more than ``max_accuracy_drop`` points (that edit is refused), when the union would pass
-   ``max_units`` % of the fc1 units, or after ``max_rounds``.
+   falls by more than ``max_accuracy_drop`` points (that edit is refused; one that leaves targets grows on
+   while its cost is within ``grow_past_guard`` x the bars, for a later round's prune), when the union would
+   pass ``max_units`` % of the fc1 units, or after ``max_rounds``.
 4. Prune: put back whole blocks, then single units (last added first), while every target's probes
    stay stopped; the pruned edit is kept only if the strong attack confirms it and the guard passes
    it. When the strong attack sees through it, the tries it used join the probes and the grown set is
@@ -82,6 +83,10 @@ class RepairConfig:
     max_accuracy_drop: float | None = 2.0
     max_units: float = 5.0  # percent of the fc1 units the edit may remove
     max_rounds: int = 4
+    # a round the guard refuses that still leaves targets extracted grows on when no cost is over this multiple of
+    # its bar: a later round may stop them, and its prune (below) may bring the edit back within the guard; a round
+    # far over the guard only gets dearer as it grows (0: stop at the first refused round, before 2026-12-03)
+    grow_past_guard: float = 2.0
     prune_tries: int = 48  # single units tried back in the prune step
     # prune attempts: one whose edit the strong attack sees through adds the try it used to the probes and prunes the
     # grown set again (a probe screens the tries seen so far; the strong attack may find another)
@@ -375,6 +380,13 @@ def within_quality(q: dict[str, Any], q0: dict[str, Any], cfg: RepairConfig) -> 
     return quality_refusal(q, q0, cfg) is None
 
 
+def grows_past(q: dict[str, Any], q0: dict[str, Any], cfg: RepairConfig) -> bool:
+    """Whether a refused round leaving targets grows on: no cost over ``grow_past_guard`` times its bar."""
+    k = cfg.grow_past_guard
+    drop = None if cfg.max_accuracy_drop is None else k * cfg.max_accuracy_drop
+    return k > 0 and refusal(q, q0, k * cfg.max_quality_loss, drop) is None
+
+
 # ---- growing, pruning -----------------------------------------------------------------------------------
 def probes_stopped(ctx: RepairContext, flat: np.ndarray, probes: list[Probe], margin: float,
                    noise: float = 0.0, edit: str = "exact", factor: float = 0.0) -> bool:
@@ -531,19 +543,23 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
                 + (f" and {len(revealed)} brought out" if revealed else "")
                 + f", FID {mean_fid(m['quality']):.3g} (before {mean_fid(q0):.3g})")
         refused = quality_refusal(m["quality"], q0, cfg)
-        if refused is not None:
-            status, message = "quality", f"round {r} costs {refused}: refused"
+        if refused is None and not survivors:
+            if not revealed:
+                status, message = "clean", f"every target stopped after round {r}"
+            else:
+                status = "revealed"
+                message = (f"round {r} stops every target but brings out {', '.join(map(str, revealed))}, which the "
+                           f"strong attack did not extract before")
             break
-        if not survivors and not revealed:
-            status, message = "clean", f"every target stopped after round {r}"
-            break
-        if not survivors:
-            status = "revealed"
-            message = (f"round {r} stops every target but brings out {', '.join(map(str, revealed))}, which the "
-                       f"strong attack did not extract before")
-            break
+        status, message = ("rounds", f"targets still extracted after {r} rounds") if refused is None else (
+            "quality", f"round {r} costs {refused}: refused")
+        if refused is not None and (not survivors or not grows_past(m["quality"], q0, cfg)):
+            break  # a round that stops every target over the guard is pruned below
         if r == cfg.max_rounds:
             break
+        if refused is not None and ctx.world.is_main:
+            log(f"repair round {r} is refused ({refused}) but leaves {len(survivors)} targets and is within "
+                f"{cfg.grow_past_guard:g} x the guard: growing on, a later round's prune may fit the guard")
         probes = round_probes(ctx, cfg, before, work, rounds)
 
         def grow_all(order: list[int] = order, survivors: list[int] = survivors,
