@@ -87,6 +87,12 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     s6 = _summary(record)
     assert s6["fid_draws"] == 6 and abs(s6["fid_before"] - 12.5 / 6) < 1e-9 and abs(s6["fid_after"] - 14.0 / 6) < 1e-9
     assert abs(s6["relative_fid"] - (14.0 / 12.5 - 1)) < 1e-9
+    assert "(+12.0 +- 5.6 %)" in s6["sentence"]  # the standard error of the six per-seed changes, beside the mean
+    assert not s6["verdict_within_noise"]  # a record without its guard's bars is not judged
+    for bar, near in ((0.1, True), (0.5, False)):  # +12.0 +- 5.6 %: within two errors of 10 %, far under 50 %
+        s = _summary(record | {"config": {"quality_draws": 3, "max_quality_loss": bar, "max_accuracy_drop": None}})
+        assert s["verdict_within_noise"] is near
+        assert ("at 6 paired seeds the guard's verdict is still within two standard errors" in s["sentence"]) is near
     write_json(out / "repair.json", record)
     html = build_report([str(tmp_path)])
     assert "+12.0 % (6 seeds)" in html and "+5.0 %</td>" in html  # round 1's one draw is read as before

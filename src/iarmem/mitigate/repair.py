@@ -358,6 +358,11 @@ def settle(ctx: RepairContext, cfg: RepairConfig, journal: Journal, name: str, m
                 return {"start": a, **drawn(ctx, [ctx.attack.seed + j for j in range(a, b)])}
 
         q = with_draws(q, journal.step(f"{name}-draws{k}", more))
+    n = len(q.get("fid_draws") or [])
+    if n >= max(cfg.draw_cap, 2) and ctx.world.is_main and unsettled(q, q0, cfg.max_quality_loss,
+                                                                      cfg.max_accuracy_drop):
+        log(f"repair {name}: the guard's verdict is still within the sampling noise at the cap of {n} seeds "
+            f"(--max-quality-draws): it reads the mean")
     return m if q is m["quality"] else m | {"quality": q}
 
 

@@ -52,7 +52,7 @@ from iarmem.mitigate.write import EDIT_FILE, edit_manifest, hash_files, write_ed
 from iarmem.models.loading import is_model_folder
 from iarmem.plans import model_plan, parse_ids, select_ids
 from iarmem.progress import log
-from iarmem.quality_guard import mean_fid, mean_of, paired, paired_change, relative_fid
+from iarmem.quality_guard import mean_fid, mean_of, paired, paired_change, relative_fid, relative_fid_se, unsettled
 from iarmem.runs import Run, fingerprint, require_finished, start_run
 
 REPAIR_FILE = "repair.json"
@@ -337,10 +337,19 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         acc_text = "" if acc is None else f"; class accuracy {100 * acc[0]:+.1f}" + (
             f" +- {100 * acc[1]:.1f} points (paired draws)" if acc[1] is not None else " points (one draw)")
         how = "fine-tuning" if record.get("edit") == "unlearn" else "removing"
+        se = relative_fid_se(final["quality"], before["quality"])
+        s["relative_fid_se"] = se
+        cfg = record.get("config") or {}
+        # the cap of --max-quality-draws reached with the verdict still near a bar: the seeds could turn it
+        s["verdict_within_noise"] = "max_quality_loss" in cfg and unsettled(
+            final["quality"], before["quality"], cfg["max_quality_loss"], cfg.get("max_accuracy_drop"))
+        near = (f"; at {s['fid_draws']} paired seeds the guard's verdict is still within two standard errors of a "
+                f"bar (more: --max-quality-draws)" if s["verdict_within_noise"] else "")
         s["sentence"] = (f"repair: {len(work) - len(after)} of {len(work)} extracted targets stopped under every "
                          f"strong-attack try, {how} {s['units']} fc1 units ({100 * s['fraction']:.2f} %); FID "
-                         f"{s['fid_before']:.3g} -> {s['fid_after']:.3g} ({100 * rel:+.1f} %){acc_text}; "
-                         f"{record['message']}")
+                         f"{s['fid_before']:.3g} -> {s['fid_after']:.3g} ({100 * rel:+.1f}"
+                         + (f" +- {100 * se:.1f}" if se is not None else "") + f" %){acc_text}; "
+                         f"{record['message']}{near}")
     else:
         s["sentence"] = f"repair: nothing written to the model ({record['message']})"
     return s
