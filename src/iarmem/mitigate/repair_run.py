@@ -196,8 +196,9 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
     # the guard compares means over the draws, seed for seed: an edit's own draws are as noisy as the
     # unedited model's, so the change it reads moves by about std x sqrt(2 / draws)
     guard_noise = noise["relative_std"] * (2 / len(noise["fid"])) ** 0.5 if noise is not None else 0.0
-    advice = (f"a verdict near it draws up to {cfg.draw_cap} seeds (--max-quality-draws); --n-per-class narrows "
-              "each draw")
+    # seeds, not samples per class: at the same generations 9 x 20 per class read the change as closely as 3 x 60
+    # on the tiny models (docs/RESULTS.md section 10, thirteenth session), and only verdicts near a bar draw them
+    advice = f"a verdict near it draws up to {cfg.draw_cap} seeds (a higher --max-quality-draws narrows it further)"
     if guard_noise > cfg.max_quality_loss / 2:
         log(f"note: the unedited model's FID moves {100 * noise['relative_std']:.1f} % (relative std over "
             f"{len(noise['fid'])} sampling seeds) with no edit, so the guard's FID change moves about "
