@@ -246,6 +246,8 @@ def test_a_pruned_edit_the_strong_attack_sees_through_is_pruned_again_holding_th
                                  before)
     assert len(journal.steps["prune"]) == 1  # the first prune, held by a probe every edit stops
     assert outcome.status == "clean" and outcome.units == journal.steps["prune2"]
+    assert outcome.message == (f"every target stopped after round 1, pruned from {len(grown)} to "
+                               f"{len(outcome.units)} units")
     assert set(outcome.units) <= set(grown) and len(outcome.units) < len(grown)
     assert probes_stopped(ctx, np.asarray(outcome.units), [seen_through], 0.05)
     assert [a["kept"] for a in record["prune_attempts"]] == [False, True] and record["pruned_kept"]

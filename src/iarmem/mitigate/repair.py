@@ -627,6 +627,8 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
                     status, message = "clean", (
                         f"every target stopped after round {len(rounds)}, pruned from {len(grown_units)} to "
                         f"{len(pruned)} units within the quality guard ({message} before pruning)")
+                else:
+                    message += f", pruned from {len(grown_units)} to {len(pruned)} units"
                 best, units = mp, list(pruned)
                 break
             # the strong attack found a try the probes let through: hold it too and prune the grown set again
