@@ -87,6 +87,14 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     s6 = _summary(record)
     assert s6["fid_draws"] == 6 and abs(s6["fid_before"] - 12.5 / 6) < 1e-9 and abs(s6["fid_after"] - 14.0 / 6) < 1e-9
     assert abs(s6["relative_fid"] - (14.0 / 12.5 - 1)) < 1e-9
+    # an alternative drew three seeds: its change pairs them with the unedited model's first three (+1.6 %), not
+    # with the repair's FID before over the final edit's six (+0.8 %)
+    record["alternatives"][0]["quality"]["fid_draws"] = [2.1, 2.3, 1.9]
+    record["alternatives"][0]["quality"]["fid"] = 2.1
+    alt = _summary(record)["alternatives"][0]
+    assert abs(alt["relative_fid"] - (6.3 / 6.2 - 1)) < 1e-9
+    from iarmem.report.findings import repair_sentence
+    assert "cleaned 0 of 3 at FID +2 %" in repair_sentence(_summary(record))
     assert "(+12.0 +- 5.6 %)" in s6["sentence"]  # the standard error of the six per-seed changes, beside the mean
     assert not s6["verdict_within_noise"]  # a record without its guard's bars is not judged
     for bar, near in ((0.1, True), (0.5, False)):  # +12.0 +- 5.6 %: within two errors of 10 %, far under 50 %

@@ -325,7 +325,9 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         "class_accuracy_before": mean_of(before["quality"], "class_accuracy"),
         "class_accuracy_after": mean_of(final["quality"], "class_accuracy") if final else None,
         "alternatives": [{k: a.get(k) for k in ("name", "setting", "units", "cleaned", "of", "same_leak")}
-                         | {"fid": mean_fid(a["quality"])} for a in record.get("alternatives", [])],
+                         | {"fid": mean_fid(a["quality"]),
+                            "relative_fid": relative_fid(a["quality"], before["quality"])}
+                         for a in record.get("alternatives", [])],
     }
     if final:
         a, b = paired(final["quality"], before["quality"], "fid")

@@ -79,12 +79,18 @@ def mitigation_sentence(ext: dict[str, dict[str, Any]], fid: dict[str, Any]) -> 
     return text + "."
 
 
+def _alt_change(s: dict[str, Any], a: dict[str, Any]) -> str:
+    """An alternative's FID change, paired with the unedited model's draws of the same seeds (summaries before
+    2026-12-03: against the repair's FID before, which a settled verdict reads over more seeds)."""
+    rel = a.get("relative_fid")
+    return f"{100 * rel:+.0f} %" if isinstance(rel, (int, float)) else _relative(s.get("fid_before"), a.get("fid"))
+
+
 def repair_sentence(s: dict[str, Any]) -> str:
     """What the repair stopped, at what quality, and what its alternatives did at the same leak."""
     text = esc(s.get("sentence", "repair: no summary yet"))
     alts = [f"{esc(a.get('setting') or a.get('name'))}: cleaned {num(a.get('cleaned'))} of {num(a.get('of'))} at "
-            f"FID {_relative(s.get('fid_before'), a.get('fid'))}"
-            for a in s.get("alternatives") or []]
+            f"FID {_alt_change(s, a)}" for a in s.get("alternatives") or []]
     return text + (". Beside it: " + "; ".join(alts) if alts else "") + "."
 
 
