@@ -541,3 +541,83 @@ def test_a_verdict_the_seeds_could_flip_draws_more_paired_seeds_under_the_edit(
     before["quality"]["fid_draws"] = [3.0] * 3
     again, _ = run_repair(ctx, cfg, Journal(tmp_path / "steps.json", World()), {1: [5, 6, 7]}, lambda i: None, before)
     assert again.status == "clean" and again.final["quality"]["fid_draws"] == outcome.final["quality"]["fid_draws"]
+
+
+class _CostScreen:
+    """A ``Screen`` whose draws cost +50 % FID when a costly unit is removed, +5 % otherwise."""
+
+    @staticmethod
+    def make(ctx: RepairContext, costly: set[int], tries: int, q0: dict | None = None):
+        from iarmem.mitigate.repair import RepairConfig, Screen
+
+        class S(Screen):
+            def quality(self, flat: list[int]) -> dict:
+                self.calls.append(list(flat))
+                return {"fid_draws": [1.5 if costly & set(flat) else 1.05] * 3, "class_accuracy_draws": [0.8] * 3}
+
+        s = S(ctx, RepairConfig(screen_tries=tries), q0 or {"fid_draws": [1.0] * 3, "class_accuracy_draws": [0.8] * 3})
+        s.calls = []
+        return s
+
+
+def test_the_screen_reads_the_guard_paired_with_the_first_seeds_of_the_unedited_model(ctx: RepairContext) -> None:
+    """The unedited model settled over six seeds (FID 1, 1, 1, then 2, 2, 2): a unit's three draws at 1.05 are +5 %
+    against the first three, within the 10 % guard (against the mean of all six they would read -30 %); at 1.5,
+    +50 %: refused. Class accuracy 8 points down is refused whatever FID reads."""
+    q0 = {"fid_draws": [1.0] * 3 + [2.0] * 3, "class_accuracy_draws": [0.8] * 6}
+    s = _CostScreen.make(ctx, {9}, tries=2, q0=q0)
+    assert s.passes([1, 2]) and not s.passes([1, 9])
+    s.q0 = {"fid_draws": [1.4] * 3, "class_accuracy_draws": [0.8] * 3}  # 1.5 is +7 % of 1.4: passes
+    assert s.passes([9])
+    s.q0 = {"fid_draws": [1.0] * 3, "class_accuracy_draws": [0.88] * 3}
+    assert not s.passes([1])
+
+
+def test_the_screen_refuses_only_a_cost_clearly_over_the_guard(ctx: RepairContext) -> None:
+    """Draws of +0 / +20 / +40 % FID: a mean of +20 %, over the 10 % guard, but within two standard errors of it
+    (11.5 %): the guard would draw more seeds, the screen lets the unit through. +30 / +40 / +50 %: clearly over."""
+    from iarmem.mitigate.repair import RepairConfig, Screen
+    from iarmem.quality_guard import refusal
+
+    class S(Screen):
+        def quality(self, flat: list[int]) -> dict:
+            return {"fid_draws": self.draws, "class_accuracy_draws": [0.8] * 3}
+
+    q0 = {"fid_draws": [1.0] * 3, "class_accuracy_draws": [0.8] * 3}
+    s = S(ctx, RepairConfig(screen_tries=2), q0)
+    s.draws = [1.0, 1.2, 1.4]
+    assert refusal(s.quality([1]), q0, 0.1, 2.0) is not None and s.passes([1])
+    s.draws = [1.3, 1.4, 1.5]
+    assert not s.passes([1])
+
+
+def test_a_screened_grow_skips_a_unit_that_fails_the_guard_for_the_next_in_the_ranking(ctx: RepairContext) -> None:
+    inj = injected_var()
+    truth = ctx.scores.to_flat(inj.units)
+    rest = np.setdiff1d(np.arange(len(ctx.scores.flat)), truth)
+    rng = np.random.default_rng(0)
+    good = np.concatenate([rng.permutation(truth), rng.permutation(rest)]).tolist()
+    probes = [_default_probe(ctx, 0)]
+    costly = {good[1]}
+    screen = _CostScreen.make(ctx, costly, tries=4)
+    grown = grow(ctx, [], lambda removed: np.asarray(good), probes, len(truth), budget=4 * len(truth), margin=0.1,
+                 screen=screen)
+    assert grown is not None and good[1] not in grown[0]
+    assert screen.out == [good[1]]  # refused once, not offered again
+    assert grown[0][:len(truth) - 1] == [u for u in good[:len(truth)] if u != good[1]]  # the ranking, less the one
+    assert screen.calls[:2] == [[good[0]], [good[0], good[1]]] and all(not costly & set(c) for c in screen.calls[2:])
+    # each unit is screened beside every unit taken before it
+    assert all(len(c) == k + 1 for k, c in enumerate(x for x in screen.calls if good[1] not in x))
+    # a screen that refuses every unit stops after its tries: nothing to add
+    none = _CostScreen.make(ctx, set(good), tries=3)
+    assert grow(ctx, [], lambda removed: np.asarray(good), probes, 1, budget=10, margin=0.1, fill=False,
+                screen=none) is None
+    assert none.out == good[:3]
+    # the next grow (the next target's) has its own tries and is not offered the units refused before
+    assert grow(ctx, [], lambda removed: np.asarray(good), probes, 1, budget=10, margin=0.1, fill=False,
+                screen=none) is None
+    assert none.out == good[:6]
+    screen.calls = []
+    assert grow(ctx, [], lambda removed: np.asarray(good), probes, len(truth), budget=4 * len(truth), margin=0.1,
+                screen=screen) is not None
+    assert screen.out == [good[1]] and all(good[1] not in c for c in screen.calls)

@@ -77,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a round the quality guard refuses that leaves targets extracted grows on while its FID and "
                         "accuracy costs are within K x their bars: a later round's prune may fit the guard (default "
                         "2; 0: stop at the first refused round)")
+    g.add_argument("--screen-tries", type=int, default=0, metavar="N",
+                   help="screen each unit a grow adds with the quality guard (the state with it and the units "
+                        "already chosen removed, over the first measurement's sampling seeds), skipping one that "
+                        "fails it for the next in the ranking, at most N skipped per target and grow (default 0: "
+                        "no screen; each screened unit costs one quality measurement)")
     g.add_argument("--prune-tries", type=int, default=48, help="single units tried back when pruning (default 48)")
     g.add_argument("--prune-rounds", type=int, default=3,
                    help="prune attempts: when the strong attack sees through a pruned edit, the tries it used join "
@@ -146,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
          f"--max-accuracy-drop must be >= 0 points (or 'none'), got {args.max_accuracy_drop}"),
         (0 < args.max_units <= 100, f"--max-units is a percent in (0, 100], got {args.max_units}"),
         (args.max_rounds >= 1, f"--max-rounds must be >= 1, got {args.max_rounds}"),
+        (args.screen_tries >= 0, f"--screen-tries must be >= 0, got {args.screen_tries}"),
         (args.grow_past_guard == 0 or args.grow_past_guard >= 1,
          f"--grow-past-guard is a multiple of the guard's bars, >= 1 (or 0: never), got {args.grow_past_guard}"),
         (args.max_targets is None or args.max_targets >= 1, f"--max-targets must be >= 1, got {args.max_targets}"),

@@ -64,7 +64,15 @@ from iarmem.mitigate.select import Scores, pick_random, select_units
 from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unit_values, unlearn
 from iarmem.models.base import IAR, Tokens
 from iarmem.progress import log
-from iarmem.quality_guard import mean_fid, paired_change, refusal, relative_fid, relative_fid_se, unsettled
+from iarmem.quality_guard import (
+    clearly_over,
+    mean_fid,
+    paired_change,
+    refusal,
+    relative_fid,
+    relative_fid_se,
+    unsettled,
+)
 from iarmem.tokens import load_views
 
 ALTERNATIVES = ("random", "paper", "noise", "unlearn")
@@ -87,6 +95,11 @@ class RepairConfig:
     # its bar: a later round may stop them, and its prune (below) may bring the edit back within the guard; a round
     # far over the guard only gets dearer as it grows (0: stop at the first refused round, before 2026-12-03)
     grow_past_guard: float = 2.0
+    # candidates a grow may screen out per target: each unit it adds is taken only if removing it with the units
+    # already chosen keeps the quality guard (over the first measurement's seeds); a unit that fails is skipped for
+    # the next in the ranking. Removals interact: on tiny-var s2 inj. 0 no grown unit alone costs over 9 % FID, two
+    # together 39 % (docs/RESULTS.md section 10). 0: no screen, the grow takes the ranking as it is
+    screen_tries: int = 0
     prune_tries: int = 48  # single units tried back in the prune step
     # prune attempts: one whose edit the strong attack sees through adds the try it used to the probes and prunes the
     # grown set again (a probe screens the tries seen so far; the strong attack may find another)
@@ -404,20 +417,70 @@ def probes_stopped(ctx: RepairContext, flat: np.ndarray, probes: list[Probe], ma
                                trigger_steps=ctx.attack.trigger_steps, pool=pool)
 
 
+class Screen:
+    """The quality guard on a grow's candidate units: a unit is taken unless the state with it removed, beside the
+    units already chosen, is clearly over the guard (a bar crossed by more than two standard errors of the paired
+    change) over the seeds every measurement draws first. Refusing at the bar itself would read the noise: three
+    draws move class accuracy by 1-2 points, and most units near a 2-point bar would be refused. At most
+    ``screen_tries`` units are screened out per grow (``begin``); those it refuses are remembered (``out``) and
+    not offered again."""
+
+    def __init__(self, ctx: RepairContext, cfg: RepairConfig, q0: dict[str, Any], out: Sequence[int] = ()) -> None:
+        self.ctx, self.cfg, self.q0 = ctx, cfg, q0
+        self.out: list[int] = list(out)
+        self.left = cfg.screen_tries
+        self.seconds = 0.0
+
+    def begin(self) -> None:
+        self.left = self.cfg.screen_tries
+
+    def passes(self, flat: list[int]) -> bool:
+        t0 = time.monotonic()
+        q = self.quality(flat)
+        self.seconds += time.monotonic() - t0
+        return not clearly_over(q, self.q0, self.cfg.max_quality_loss, self.cfg.max_accuracy_drop)
+
+    def quality(self, flat: list[int]) -> dict[str, Any]:
+        """The draws of ``flat`` removed under the seeds every measurement draws first (paired with ``q0``'s)."""
+        with removed(self.ctx, flat)():
+            return drawn(self.ctx, (self.ctx.attack.seed, *self.ctx.quality_seeds))
+
+    def pick(self, chosen: list[int], ranking: np.ndarray, n: int) -> list[int]:
+        """Up to ``n`` units of ``ranking`` (not in ``chosen``), in its order, each passing with ``chosen`` and the
+        ones picked before it; fewer when the grow has refused its ``screen_tries`` units."""
+        picked: list[int] = []
+        for u in (int(u) for u in ranking):
+            if len(picked) == n or self.left <= 0:
+                break
+            if u in chosen or u in self.out:
+                continue
+            if self.passes(chosen + picked + [u]):
+                picked.append(u)
+            else:
+                self.out.append(u)
+                self.left -= 1
+        return picked
+
+
 def grow(ctx: RepairContext, removed: list[int], rerank: Rerank, probes: list[Probe], start: int, budget: int,
-         margin: float, fill: bool = True) -> tuple[list[int], bool] | None:
+         margin: float, fill: bool = True, screen: Screen | None = None) -> tuple[list[int], bool] | None:
     """Units to add to ``removed`` until ``probes`` stop: doubling along the ranking re-computed on the
     edited model; and whether the probes stopped. With ``fill`` the last step fills the budget and a set
     that fills it without stopping the probes is still returned, for the strong attack to judge (probes
     read agreement alone, a margin under the bar: stricter than the verdict). None: nothing to add
-    (without ``fill``: also when the probes do not stop within the budget)."""
+    (without ``fill``: also when the probes do not stop within the budget). With a ``screen`` each unit
+    added passes the quality guard first (``Screen``)."""
     added: list[int] = []
     step = max(1, start)
+    if screen is not None:
+        screen.begin()
     while True:
         current = np.asarray(removed + added, dtype=np.int64)
         room = budget - len(current)
         ranking = np.asarray(rerank(current), dtype=np.int64)
-        fresh = ranking[~np.isin(ranking, current)][:min(step, room) if fill else step]
+        n = min(step, room) if fill else step
+        fresh = (ranking[~np.isin(ranking, current)][:n] if screen is None else
+                 np.asarray(screen.pick([int(u) for u in current], ranking, n), dtype=np.int64))
         if len(fresh) == 0 or len(current) + len(fresh) > budget:
             return (added, False) if added and fill else None
         added += [int(u) for u in fresh]
@@ -568,14 +631,17 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
         probes = round_probes(ctx, cfg, before, work, rounds)
 
         def grow_all(order: list[int] = order, survivors: list[int] = survivors,
-                     probes: dict[int, list[Probe]] = probes) -> dict[str, Any]:
+                     probes: dict[int, list[Probe]] = probes, refused: str | None = refused) -> dict[str, Any]:
             new = list(order)
             added: dict[str, list[int]] = {}
             unconfirmed: list[int] = []
+            before_out = [u for g in grown for u in g.get("screened_out", [])]  # refused in earlier rounds
+            # from a refused round (grown past the guard) every unit would fail the screen: it grows unscreened
+            screen = Screen(ctx, cfg, q0, before_out) if cfg.screen_tries > 0 and refused is None else None
 
             def take(i: int, fill: bool) -> bool:
                 more = grow(ctx, new, rerank_of(i), probes[i], max(len(refined.get(i, [])), 1), budget, cfg.margin,
-                            fill=fill)
+                            fill=fill, screen=screen)
                 if more is None:
                     return False
                 added[str(i)] = more[0]
@@ -588,7 +654,9 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
             # within the budget first, then the rest fill what is left, for the next strong attack to judge
             failed = [i for i in survivors if not take(i, fill=False)]
             failed = [i for i in failed if not take(i, fill=True)]
-            return {"order": new, "added": added, "failed": failed, "unconfirmed": unconfirmed}
+            return {"order": new, "added": added, "failed": failed, "unconfirmed": unconfirmed} | (
+                {} if screen is None else {"screened_out": screen.out[len(before_out):],
+                                           "screen_seconds": round(screen.seconds, 2)})
 
         g = journal.step(f"grow{r}", grow_all)
         grown.append(g)
@@ -596,7 +664,9 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
         if not g["added"]:
             status = "units"
             message = (f"targets {', '.join(map(str, g['failed']))} need more than --max-units {cfg.max_units:g} % "
-                       f"of the fc1 units ({budget}) to stop their probes")
+                       f"of the fc1 units ({budget}) to stop their probes"
+                       + (f", with {len(g['screened_out'])} units screened out for their quality cost"
+                          if g.get("screened_out") else ""))
             break
         order = list(g["order"])
     record: dict[str, Any] = {"rounds": rounds, "grown": grown, "budget_units": budget, "over_budget": unreachable}

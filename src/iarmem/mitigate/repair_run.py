@@ -138,7 +138,8 @@ def _repair(args: argparse.Namespace, alts: tuple[str, ...], world: Any) -> int:
         check_architecture(unitmem, iar, args.model)
     cfg = RepairConfig(max_quality_loss=args.max_quality_loss, max_accuracy_drop=args.max_accuracy_drop,
                        max_units=args.max_units, max_rounds=args.max_rounds,
-                       grow_past_guard=args.grow_past_guard, prune_tries=args.prune_tries,
+                       grow_past_guard=args.grow_past_guard, screen_tries=args.screen_tries,
+                       prune_tries=args.prune_tries,
                        prune_rounds=args.prune_rounds, every_try_after=args.every_try_after,
                        alternatives=alts, fallback=args.fallback, probe_rule=args.probe_rule,
                        paper_tops=tuple(args.paper_tops), noise_levels=tuple(args.noise_levels),
