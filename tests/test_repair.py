@@ -483,7 +483,8 @@ def test_grow_serves_survivors_it_can_stop_first_and_lets_the_others_fill_what_i
     steps = {"round1": m([5, 0], []), "round2": m([], [1, 2, 3]), "prune": [1, 2, 3]}
     (tmp_path / "steps.json").write_text(json.dumps(steps))
     journal = Journal(tmp_path / "steps.json", World())
-    cfg = RepairConfig(max_units=2.5 * len(truth) / len(c.scores.flat) * 100, every_try_after=0)
+    cfg = RepairConfig(max_units=2.5 * len(truth) / len(c.scores.flat) * 100, every_try_after=0,
+                       screen_tries=0)  # the order of service, not the screen (which needs generations)
     budget = int(cfg.max_units / 100 * len(c.scores.flat))
     outcome, _ = run_repair(c, cfg, journal, {0: [], 5: []}, lambda i: (lambda removed: rankings[i]), before)
     g = journal.steps["grow1"]

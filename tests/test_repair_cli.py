@@ -59,6 +59,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(runs: dict[str, Path],
            "--max-quality-draws must be >= --quality-draws (4)")
     _fails([*base, "--leaked", str(runs["extract"]), "--grow-past-guard", "0.5"], capsys, out,
            "--grow-past-guard is a multiple of the guard's bars, >= 1 (or 0: never), got 0.5")
+    _fails([*base, "--leaked", str(runs["extract"]), "--screen-tries", "-1"], capsys, out,
+           "--screen-tries must be >= 0, got -1")
     _fails([*base, "--leaked", str(runs["extract"]), "--max-accuracy-drop", "-1"], capsys, out,
            "--max-accuracy-drop must be >= 0 points")
     _fails([*base, "--leaked", str(runs["extract"]), "--calibration-images", "-1"], capsys, out,

@@ -77,11 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a round the quality guard refuses that leaves targets extracted grows on while its FID and "
                         "accuracy costs are within K x their bars: a later round's prune may fit the guard (default "
                         "2; 0: stop at the first refused round)")
-    g.add_argument("--screen-tries", type=int, default=0, metavar="N",
+    g.add_argument("--screen-tries", type=int, default=8, metavar="N",
                    help="screen each unit a grow adds with the quality guard (the state with it and the units "
-                        "already chosen removed, over the first measurement's sampling seeds), skipping one that "
-                        "fails it for the next in the ranking, at most N skipped per target and grow (default 0: "
-                        "no screen; each screened unit costs one quality measurement)")
+                        "already chosen removed, over the first measurement's sampling seeds): one clearly over it "
+                        "(by two standard errors) is skipped for the next in the ranking, at most N per target and "
+                        "grow (default 8; 0: no screen). Each screened unit costs one quality measurement")
     g.add_argument("--prune-tries", type=int, default=48, help="single units tried back when pruning (default 48)")
     g.add_argument("--prune-rounds", type=int, default=3,
                    help="prune attempts: when the strong attack sees through a pruned edit, the tries it used join "

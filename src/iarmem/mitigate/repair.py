@@ -6,7 +6,8 @@
    attack-checked smallest set per image). The edit is one set: the union over the targets.
 3. Rounds: remove the union exactly (``exact`` x0), run the strong attack and the quality
    evaluation again. A target still extracted grows its set: units from its ranking re-computed on
-   the edited model, doubling, until probes of every try that brought it back are stopped. Stop
+   the edited model, doubling, until probes of every try that brought it back are stopped; each unit it adds
+   is screened first (``Screen``: skipped when removing it with the rest is clearly over the guard). Stop
    when no target comes out, when the relative FID increase crosses ``max_quality_loss`` or class accuracy
    falls by more than ``max_accuracy_drop`` points (that edit is refused; one that leaves targets grows on
    while its cost is within ``grow_past_guard`` x the bars, for a later round's prune), when the union would
@@ -95,11 +96,11 @@ class RepairConfig:
     # its bar: a later round may stop them, and its prune (below) may bring the edit back within the guard; a round
     # far over the guard only gets dearer as it grows (0: stop at the first refused round, before 2026-12-03)
     grow_past_guard: float = 2.0
-    # candidates a grow may screen out per target: each unit it adds is taken only if removing it with the units
-    # already chosen keeps the quality guard (over the first measurement's seeds); a unit that fails is skipped for
-    # the next in the ranking. Removals interact: on tiny-var s2 inj. 0 no grown unit alone costs over 9 % FID, two
-    # together 39 % (docs/RESULTS.md section 10). 0: no screen, the grow takes the ranking as it is
-    screen_tries: int = 0
+    # units a grow may screen out per target: each unit it adds is taken unless removing it with the units already
+    # chosen is clearly over the quality guard (``Screen``), else the next in the ranking is tried. Removals interact:
+    # on tiny-var s2 inj. 0 no grown unit alone cost over 9 % FID, two together 39 % (docs/RESULTS.md section 10,
+    # fourteenth session). 0: no screen (before 2026-12-03), the grow takes the ranking as it is
+    screen_tries: int = 8
     prune_tries: int = 48  # single units tried back in the prune step
     # prune attempts: one whose edit the strong attack sees through adds the try it used to the probes and prunes the
     # grown set again (a probe screens the tries seen so far; the strong attack may find another)
