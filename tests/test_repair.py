@@ -574,22 +574,40 @@ def test_the_screen_reads_the_guard_paired_with_the_first_seeds_of_the_unedited_
     assert not s.passes([1])
 
 
-def test_the_screen_refuses_only_a_cost_clearly_over_the_guard(ctx: RepairContext) -> None:
-    """Draws of +0 / +20 / +40 % FID: a mean of +20 %, over the 10 % guard, but within two standard errors of it
-    (11.5 %): the guard would draw more seeds, the screen lets the unit through. +30 / +40 / +50 %: clearly over."""
-    from iarmem.mitigate.repair import RepairConfig, Screen
-    from iarmem.quality_guard import refusal
+@pytest.mark.parametrize("tries, regrows", [(8, True), (0, False)])
+def test_rounds_that_end_refused_grow_again_from_the_last_round_within_the_guard_with_the_screen(
+        ctx: RepairContext, tmp_path: Path, tries: int, regrows: bool) -> None:
+    """Round 1 (unit 5) leaves target 1 at +2 % FID; the grow adds 6 and 7 and round 2 stops it at +70 %, and its
+    prune to 6 and 7 is seen through: refused. With the screen the repair goes back to round 1 and grows again (7
+    screened out, 8 taken): round 3 stops it at +4 % and is kept. Without it (0 tries) round 2's refusal stands."""
+    import json
 
-    class S(Screen):
-        def quality(self, flat: list[int]) -> dict:
-            return {"fid_draws": self.draws, "class_accuracy_draws": [0.8] * 3}
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
 
-    q0 = {"fid_draws": [1.0] * 3, "class_accuracy_draws": [0.8] * 3}
-    s = S(ctx, RepairConfig(screen_tries=2), q0)
-    s.draws = [1.0, 1.2, 1.4]
-    assert refusal(s.quality([1]), q0, 0.1, 2.0) is not None and s.passes([1])
-    s.draws = [1.3, 1.4, 1.5]
-    assert not s.passes([1])
+    def m(extracted: list[int], fid: float, order: list[int]) -> dict:
+        return {"units": len(order), "order": order, "quality": {"fid": fid},
+                "leak": {"extracted": extracted, "probes": [], "default_extracted": extracted}}
+
+    before = m([1], 1.0, []) | {"units": 0}
+    before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
+    steps = {"round1": m([1], 1.02, [5]), "grow1": {"order": [5, 6, 7], "added": {"1": [6, 7]}, "failed": [],
+                                                     "unconfirmed": []},
+             "round2": m([], 1.7, [5, 6, 7]), "prune": [6, 7], "pruned": m([1], 1.3, [6, 7]),
+             "regrow1": {"order": [5, 6, 8], "added": {"1": [6, 8]}, "failed": [], "unconfirmed": [],
+                         "screened_out": [7], "screen_seconds": 1.0},
+             "round3": m([], 1.04, [5, 6, 8]), "screened-prune": [5, 6, 8]}
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    journal = Journal(tmp_path / "steps.json", World())
+    outcome, record = run_repair(ctx, RepairConfig(max_quality_loss=0.1, screen_tries=tries, fallback="none"),
+                                 journal, {1: [5]}, lambda i: None, before)
+    if regrows:
+        assert outcome.status == "clean" and outcome.units == [5, 6, 8] and len(record["rounds"]) == 3
+        assert record["regrow"]["from_round"] == 1 and record["regrow"]["first_round"] == 3
+        assert "grown again from round 1" in outcome.message and "round 2 costs 70.0 % FID" in outcome.message
+        assert [g.get("screened_out") for g in record["grown"]] == [None, [7]]
+    else:
+        assert outcome.status == "quality" and outcome.units == [] and len(record["rounds"]) == 2
+        assert "regrow" not in record and "round 2 costs 70.0 % FID" in outcome.message
 
 
 def test_a_screened_grow_skips_a_unit_that_fails_the_guard_for_the_next_in_the_ranking(ctx: RepairContext) -> None:

@@ -76,10 +76,11 @@ def relative_fid_se(q: dict[str, Any], q0: dict[str, Any]) -> float | None:
     return mean_se([(x - y) / mb for x, y in zip(a, b)])[1]
 
 
-def _over_near(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float, max_accuracy_drop: float | None,
-               z: float) -> tuple[bool, bool]:
-    """Whether some bar is crossed by more than ``z`` standard errors, and whether some bar is within ``z`` of its
-    change (a change with one draw has no error: it is over when it crosses the bar, and never near)."""
+def unsettled(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float, max_accuracy_drop: float | None,
+              z: float = 2.0) -> bool:
+    """Whether the guard's verdict on ``q`` could flip with the sampling seeds: no bar is crossed by more than
+    ``z`` standard errors, and some bar is within ``z`` of the change. More paired draws then settle it; a
+    change clearly over one bar, or clearly within all, is settled already."""
     over, near = False, False
     checks: list[tuple[float, float | None, float]] = [(relative_fid(q, q0), relative_fid_se(q, q0),
                                                         max_fid_increase)]
@@ -92,23 +93,7 @@ def _over_near(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float, m
             continue
         over |= value - z * se > bar
         near |= abs(value - bar) <= z * se
-    return over, near
-
-
-def unsettled(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float, max_accuracy_drop: float | None,
-              z: float = 2.0) -> bool:
-    """Whether the guard's verdict on ``q`` could flip with the sampling seeds: no bar is crossed by more than
-    ``z`` standard errors, and some bar is within ``z`` of the change. More paired draws then settle it; a
-    change clearly over one bar, or clearly within all, is settled already."""
-    over, near = _over_near(q, q0, max_fid_increase, max_accuracy_drop, z)
     return near and not over
-
-
-def clearly_over(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float, max_accuracy_drop: float | None,
-                 z: float = 2.0) -> bool:
-    """Whether some cost of ``q`` is over its bar by more than ``z`` standard errors of the paired change: a
-    verdict more seeds would not reverse."""
-    return _over_near(q, q0, max_fid_increase, max_accuracy_drop, z)[0]
 
 
 def refusal(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float,

@@ -6,12 +6,13 @@
    attack-checked smallest set per image). The edit is one set: the union over the targets.
 3. Rounds: remove the union exactly (``exact`` x0), run the strong attack and the quality
    evaluation again. A target still extracted grows its set: units from its ranking re-computed on
-   the edited model, doubling, until probes of every try that brought it back are stopped; each unit it adds
-   is screened first (``Screen``: skipped when removing it with the rest is clearly over the guard). Stop
+   the edited model, doubling, until probes of every try that brought it back are stopped. Stop
    when no target comes out, when the relative FID increase crosses ``max_quality_loss`` or class accuracy
    falls by more than ``max_accuracy_drop`` points (that edit is refused; one that leaves targets grows on
    while its cost is within ``grow_past_guard`` x the bars, for a later round's prune), when the union would
    pass ``max_units`` % of the fc1 units, or after ``max_rounds``.
+   When the rounds end refused, the repair goes back to its last round within the guard that left targets
+   and grows again from there, each unit it adds screened by the guard first (``Screen``).
 4. Prune: put back whole blocks, then single units (last added first), while every target's probes
    stay stopped; the pruned edit is kept only if the strong attack confirms it and the guard passes
    it. When the strong attack sees through it, the tries it used join the probes and the grown set is
@@ -66,7 +67,6 @@ from iarmem.mitigate.unlearn import UnlearnConfig, restore, snapshot, unit_value
 from iarmem.models.base import IAR, Tokens
 from iarmem.progress import log
 from iarmem.quality_guard import (
-    clearly_over,
     mean_fid,
     paired_change,
     refusal,
@@ -96,10 +96,10 @@ class RepairConfig:
     # its bar: a later round may stop them, and its prune (below) may bring the edit back within the guard; a round
     # far over the guard only gets dearer as it grows (0: stop at the first refused round, before 2026-12-03)
     grow_past_guard: float = 2.0
-    # units a grow may screen out per target: each unit it adds is taken unless removing it with the units already
-    # chosen is clearly over the quality guard (``Screen``), else the next in the ranking is tried. Removals interact:
-    # on tiny-var s2 inj. 0 no grown unit alone cost over 9 % FID, two together 39 % (docs/RESULTS.md section 10,
-    # fourteenth session). 0: no screen (before 2026-12-03), the grow takes the ranking as it is
+    # when the rounds end refused: go back to the last round within the guard that left targets and grow again from
+    # there, each unit added only if removing it with the units already chosen keeps the guard (``Screen``), at most
+    # this many skipped per target and grow. Removals interact: on tiny-var s2 inj. 0 no grown unit alone cost over
+    # 9 % FID, two together 39 % (docs/RESULTS.md section 10, fourteenth session). 0: no second grow
     screen_tries: int = 8
     prune_tries: int = 48  # single units tried back in the prune step
     # prune attempts: one whose edit the strong attack sees through adds the try it used to the probes and prunes the
@@ -419,12 +419,12 @@ def probes_stopped(ctx: RepairContext, flat: np.ndarray, probes: list[Probe], ma
 
 
 class Screen:
-    """The quality guard on a grow's candidate units: a unit is taken unless the state with it removed, beside the
-    units already chosen, is clearly over the guard (a bar crossed by more than two standard errors of the paired
-    change) over the seeds every measurement draws first. Refusing at the bar itself would read the noise: three
-    draws move class accuracy by 1-2 points, and most units near a 2-point bar would be refused. At most
-    ``screen_tries`` units are screened out per grow (``begin``); those it refuses are remembered (``out``) and
-    not offered again."""
+    """The quality guard on a grow's candidate units: a unit is taken only if the state with it removed, beside the
+    units already chosen, passes the guard over the seeds every measurement draws first, so a round grown from
+    screened units reads, on those seeds, what the screen read. At most ``screen_tries`` units are screened out per
+    grow (``begin``); those it refuses are remembered (``out``) and not offered again. Used where an unscreened grow
+    ended refused (``run_repair``): at its bar the screen reads three draws' noise, and refuses units a grow within
+    the guard would have kept."""
 
     def __init__(self, ctx: RepairContext, cfg: RepairConfig, q0: dict[str, Any], out: Sequence[int] = ()) -> None:
         self.ctx, self.cfg, self.q0 = ctx, cfg, q0
@@ -439,7 +439,7 @@ class Screen:
         t0 = time.monotonic()
         q = self.quality(flat)
         self.seconds += time.monotonic() - t0
-        return not clearly_over(q, self.q0, self.cfg.max_quality_loss, self.cfg.max_accuracy_drop)
+        return quality_refusal(q, self.q0, self.cfg) is None
 
     def quality(self, flat: list[int]) -> dict[str, Any]:
         """The draws of ``flat`` removed under the seeds every measurement draws first (paired with ``q0``'s)."""
@@ -585,64 +585,122 @@ def ruled(ctx: RepairContext, cfg: RepairConfig, before: dict[str, Any], probes:
 
 def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined: dict[int, list[int]],
                rerank_of: Callable[[int], Rerank], before: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
-    """The rounds and the prune step; returns the outcome and the record of every round."""
+    """The rounds and the prune step; returns the outcome and the record of every round. When they end with no
+    edit that stops every target within the guard, the repair goes back to its last round within the guard that
+    left targets and grows again from there, each unit it adds screened (``Screen``), for the rounds it had left."""
     work = before["leak"]["extracted"]
-    q0 = before["quality"]
     budget = int(cfg.max_units / 100 * len(ctx.scores.flat))
     order: list[int] = []
     for i in work:
         order += [u for u in refined.get(i, []) if u not in order]
-    rounds: list[dict[str, Any]] = []
-    grown: list[dict[str, Any]] = []
-    status, message = "rounds", f"targets still extracted after {cfg.max_rounds} rounds"
-    unreachable: list[int] = []  # targets whose probes did not stop within the unit budget
     if len(order) > budget:
         order = order[:budget]
-    for r in range(1, cfg.max_rounds + 1):
-        m = journal.step(f"round{r}", lambda o=order: measure(ctx, np.asarray(o)) | {"order": list(o)})
-        order = list(m["order"])
-        m = settle(ctx, cfg, journal, f"round{r}", m, before, removed(ctx, order))
-        rounds.append(m)
-        survivors = [i for i in m["leak"]["extracted"] if i in work]
-        # targets the strong attack missed before and this edit brings out: a removal can undo another's
-        # (section 9); they have no ranking to grow by, so the repair names them and does not call itself clean
-        revealed = [i for i in m["leak"]["extracted"] if i not in work]
+    run = _Rounds(ctx, cfg, journal, refined, rerank_of, before, budget)
+    status, message = run.go(order, 1, cfg.max_rounds)
+    record: dict[str, Any] = {"rounds": run.rounds, "grown": run.grown, "budget_units": budget}
+    best, units, status, message = _prune_and_keep(run, record, status, message)
+    back = run.back_to() if status == "quality" and cfg.screen_tries > 0 else None
+    if back is not None:
+        n = len(run.rounds)
         if ctx.world.is_main:
-            log(f"repair round {r}: {len(order)} units, {len(survivors)} of {len(work)} targets still extracted"
-                + (f" and {len(revealed)} brought out" if revealed else "")
-                + f", FID {mean_fid(m['quality']):.3g} (before {mean_fid(q0):.3g})")
-        refused = quality_refusal(m["quality"], q0, cfg)
-        if refused is None and not survivors:
-            if not revealed:
-                status, message = "clean", f"every target stopped after round {r}"
-            else:
-                status = "revealed"
-                message = (f"round {r} stops every target but brings out {', '.join(map(str, revealed))}, which the "
-                           f"strong attack did not extract before")
-            break
-        status, message = ("rounds", f"targets still extracted after {r} rounds") if refused is None else (
-            "quality", f"round {r} costs {refused}: refused")
-        if refused is not None and (not survivors or not grows_past(m["quality"], q0, cfg)):
-            break  # a round that stops every target over the guard is pruned below
-        if r == cfg.max_rounds:
-            break
-        if refused is not None and ctx.world.is_main:
-            log(f"repair round {r} is refused ({refused}) but leaves {len(survivors)} targets and is within "
-                f"{cfg.grow_past_guard:g} x the guard: growing on, a later round's prune may fit the guard")
-        probes = round_probes(ctx, cfg, before, work, rounds)
+            log(f"repair: {message}; going back to round {back} (within the guard, targets left) to grow again "
+                f"with each unit screened by the guard")
+        g = run.grow_step(f"regrow{back}", run.rounds[back - 1], screen=True)
+        record["regrow"] = {"from_round": back, "first_round": n + 1, "grow": g}
+        if g["added"]:
+            first = message
+            status, message = run.go(list(g["order"]), n + 1, n + cfg.max_rounds - back, screen=True)
+            best, units, status, message = _prune_and_keep(run, record, status, message, "screened-")
+            message += (f" (grown again from round {back} with each unit screened by the guard, after: {first})")
+    record["over_budget"] = run.unreachable
+    if best is None:  # an edit that stops no target is not worth its cost: nothing is kept
+        return Outcome(status, [], None, message + "; no edit within the budgets lowers the number of targets "
+                       "extracted"), record
+    return Outcome(status, units, best, message), record
 
-        def grow_all(order: list[int] = order, survivors: list[int] = survivors,
-                     probes: dict[int, list[Probe]] = probes, refused: str | None = refused) -> dict[str, Any]:
-            new = list(order)
+
+@dataclass
+class _Rounds:
+    """The rounds of one repair: their measurements and grows, kept in order, and the targets no grow could stop."""
+
+    ctx: RepairContext
+    cfg: RepairConfig
+    journal: Journal
+    refined: dict[int, list[int]]
+    rerank_of: Callable[[int], Rerank]
+    before: dict[str, Any]
+    budget: int
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    grown: list[dict[str, Any]] = field(default_factory=list)
+    unreachable: list[int] = field(default_factory=list)  # targets whose probes did not stop within the budget
+
+    @property
+    def work(self) -> list[int]:
+        return self.before["leak"]["extracted"]
+
+    def go(self, order: list[int], first: int, last: int, screen: bool = False) -> tuple[str, str]:
+        """Rounds ``first`` to ``last`` from ``order``: measure, stop or grow. The status and message they end on."""
+        ctx, cfg, q0, work = self.ctx, self.cfg, self.before["quality"], self.work
+        status, message = "rounds", f"targets still extracted after {last} rounds"
+        for r in range(first, last + 1):
+            m = self.journal.step(f"round{r}", lambda o=order: measure(ctx, np.asarray(o)) | {"order": list(o)})
+            order = list(m["order"])
+            m = settle(ctx, cfg, self.journal, f"round{r}", m, self.before, removed(ctx, order))
+            self.rounds.append(m)
+            survivors = [i for i in m["leak"]["extracted"] if i in work]
+            # targets the strong attack missed before and this edit brings out: a removal can undo another's
+            # (section 9); they have no ranking to grow by, so the repair names them and does not call itself clean
+            revealed = [i for i in m["leak"]["extracted"] if i not in work]
+            if ctx.world.is_main:
+                log(f"repair round {r}: {len(order)} units, {len(survivors)} of {len(work)} targets still extracted"
+                    + (f" and {len(revealed)} brought out" if revealed else "")
+                    + f", FID {mean_fid(m['quality']):.3g} (before {mean_fid(q0):.3g})")
+            refused = quality_refusal(m["quality"], q0, cfg)
+            if refused is None and not survivors:
+                if not revealed:
+                    status, message = "clean", f"every target stopped after round {r}"
+                else:
+                    status = "revealed"
+                    message = (f"round {r} stops every target but brings out {', '.join(map(str, revealed))}, which "
+                               f"the strong attack did not extract before")
+                break
+            status, message = ("rounds", f"targets still extracted after {r} rounds") if refused is None else (
+                "quality", f"round {r} costs {refused}: refused")
+            if refused is not None and (not survivors or not grows_past(m["quality"], q0, cfg)):
+                break  # a round that stops every target over the guard is pruned
+            if r == last:
+                break
+            if refused is not None and ctx.world.is_main:
+                log(f"repair round {r} is refused ({refused}) but leaves {len(survivors)} targets and is within "
+                    f"{cfg.grow_past_guard:g} x the guard: growing on, a later round's prune may fit the guard")
+            # from a refused round (grown past the guard) every unit would fail the screen: it grows unscreened
+            g = self.grow_step(f"grow{r}", m, screen=screen and refused is None)
+            if not g["added"]:
+                status = "units"
+                message = (f"targets {', '.join(map(str, g['failed']))} need more than --max-units "
+                           f"{cfg.max_units:g} % of the fc1 units ({self.budget}) to stop their probes"
+                           + (f", with {len(g['screened_out'])} units screened out for their quality cost"
+                              if g.get("screened_out") else ""))
+                break
+            order = list(g["order"])
+        return status, message
+
+    def grow_step(self, name: str, m: dict[str, Any], screen: bool) -> dict[str, Any]:
+        """Grow every target ``m`` leaves (journalled as ``name``): the units added per target, the new order."""
+        ctx, cfg = self.ctx, self.cfg
+        survivors = [i for i in m["leak"]["extracted"] if i in self.work]
+        probes = round_probes(ctx, cfg, self.before, self.work, self.rounds)
+
+        def grow_all() -> dict[str, Any]:
+            new = list(m["order"])
             added: dict[str, list[int]] = {}
             unconfirmed: list[int] = []
-            before_out = [u for g in grown for u in g.get("screened_out", [])]  # refused in earlier rounds
-            # from a refused round (grown past the guard) every unit would fail the screen: it grows unscreened
-            screen = Screen(ctx, cfg, q0, before_out) if cfg.screen_tries > 0 and refused is None else None
+            before_out = [u for g in self.grown for u in g.get("screened_out", [])]  # refused in earlier grows
+            sc = Screen(ctx, cfg, self.before["quality"], before_out) if screen else None
 
             def take(i: int, fill: bool) -> bool:
-                more = grow(ctx, new, rerank_of(i), probes[i], max(len(refined.get(i, [])), 1), budget, cfg.margin,
-                            fill=fill, screen=screen)
+                more = grow(ctx, new, self.rerank_of(i), probes[i], max(len(self.refined.get(i, [])), 1),
+                            self.budget, cfg.margin, fill=fill, screen=sc)
                 if more is None:
                     return False
                 added[str(i)] = more[0]
@@ -655,22 +713,33 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
             # within the budget first, then the rest fill what is left, for the next strong attack to judge
             failed = [i for i in survivors if not take(i, fill=False)]
             failed = [i for i in failed if not take(i, fill=True)]
-            return {"order": new, "added": added, "failed": failed, "unconfirmed": unconfirmed} | (
-                {} if screen is None else {"screened_out": screen.out[len(before_out):],
-                                           "screen_seconds": round(screen.seconds, 2)})
+            screened = {} if sc is None else {"screened_out": sc.out[len(before_out):],
+                                              "screen_seconds": round(sc.seconds, 2)}
+            return {"order": new, "added": added, "failed": failed, "unconfirmed": unconfirmed} | screened
 
-        g = journal.step(f"grow{r}", grow_all)
-        grown.append(g)
-        unreachable = sorted(set(unreachable) | set(g["failed"]))
-        if not g["added"]:
-            status = "units"
-            message = (f"targets {', '.join(map(str, g['failed']))} need more than --max-units {cfg.max_units:g} % "
-                       f"of the fc1 units ({budget}) to stop their probes"
-                       + (f", with {len(g['screened_out'])} units screened out for their quality cost"
-                          if g.get("screened_out") else ""))
-            break
-        order = list(g["order"])
-    record: dict[str, Any] = {"rounds": rounds, "grown": grown, "budget_units": budget, "over_budget": unreachable}
+        g = self.journal.step(name, grow_all)
+        self.grown.append(g)
+        self.unreachable = sorted(set(self.unreachable) | set(g["failed"]))
+        return g
+
+    def back_to(self) -> int | None:
+        """The last round within the guard that left targets and was followed by another (1-based), with rounds left
+        after it; None when there is none (the localizer's own units already cross the guard)."""
+        q0 = self.before["quality"]
+        for k in range(len(self.rounds) - 1, 0, -1):
+            m = self.rounds[k - 1]
+            if k < self.cfg.max_rounds and m["leak"]["extracted"] and within_quality(m["quality"], q0, self.cfg):
+                return k
+        return None
+
+
+def _prune_and_keep(run: _Rounds, record: dict[str, Any], status: str, message: str, prefix: str = "",
+                    ) -> tuple[dict[str, Any] | None, list[int], str, str]:
+    """The best round within the guard, pruned when the rounds ended clean, or ended on a round that stops every target
+    but crosses the guard (journalled as ``prefix`` + prune, pruned, prune2, ...): the edit kept, its units, and the
+    status and message."""
+    ctx, cfg, journal, before, rounds, work = run.ctx, run.cfg, run.journal, run.before, run.rounds, run.work
+    q0 = before["quality"]
     within = [m for m in rounds if within_quality(m["quality"], q0, cfg) and len(m["leak"]["extracted"]) < len(work)]
     best = min(within, key=lambda m: (len(m["leak"]["extracted"]), m["units"])) if within else None
     units = list(best["order"]) if best is not None else []
@@ -678,43 +747,41 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
     # recomputed after each removal, so some may not be needed, and fewer units may cost less
     start = best if status == "clean" else (
         rounds[-1] if status == "quality" and not rounds[-1]["leak"]["extracted"] else None)
-    if start is not None:
-        grown_units = list(start["order"])
-        probes = [p for ps in round_probes(ctx, cfg, before, work, rounds).values() for p in ps]
-        attempts: list[dict[str, Any]] = []
-        for k in range(1, cfg.prune_rounds + 1):
-            tag = "" if k == 1 else str(k)  # the first attempt's names are those of journals before there were more
-            pruned = journal.step(f"prune{tag}", lambda ps=list(probes): prune(ctx, grown_units, ps, cfg.margin,
-                                                                               cfg.prune_tries))
-            if len(pruned) == len(grown_units) or any(sorted(pruned) == sorted(a["order"]) for a in attempts):
-                break  # nothing to put back, or a set the strong attack already saw through
-            mp = journal.step(f"pruned{tag}", lambda u=pruned: measure(ctx, np.asarray(u)) | {"order": list(u)})
-            if not mp["leak"]["extracted"]:  # seen through: not kept whatever its quality
-                mp = settle(ctx, cfg, journal, f"pruned{tag}", mp, before, removed(ctx, pruned))
-            ok = not mp["leak"]["extracted"] and within_quality(mp["quality"], q0, cfg)
-            attempts.append(mp | {"kept": ok})
-            if ok:
-                if status == "quality":
-                    status, message = "clean", (
-                        f"every target stopped after round {len(rounds)}, pruned from {len(grown_units)} to "
-                        f"{len(pruned)} units within the quality guard ({message} before pruning)")
-                else:
-                    message += f", pruned from {len(grown_units)} to {len(pruned)} units"
-                best, units = mp, list(pruned)
-                break
-            # the strong attack found a try the probes let through: hold it too and prune the grown set again
-            fresh = [p for p in ruled(ctx, cfg, before, [Probe.from_dict(d) for d in mp["leak"]["probes"]])
-                     if p not in probes]
-            if not mp["leak"]["extracted"] or not fresh:
-                break
-            probes += fresh
-        record["pruned_units"] = len(attempts[-1]["order"]) if attempts else len(grown_units)
-        if attempts:
-            record |= {"pruned": attempts[-1], "pruned_kept": attempts[-1]["kept"], "prune_attempts": attempts}
-    if best is None:  # an edit that stops no target is not worth its cost: nothing is kept
-        return Outcome(status, [], None, message + "; no edit within the budgets lowers the number of targets "
-                       "extracted"), record
-    return Outcome(status, units, best, message), record
+    if start is None:
+        return best, units, status, message
+    grown_units = list(start["order"])
+    probes = [p for ps in round_probes(ctx, cfg, before, work, rounds).values() for p in ps]
+    attempts: list[dict[str, Any]] = []
+    for k in range(1, cfg.prune_rounds + 1):
+        tag = "" if k == 1 else str(k)  # the first attempt's names are those of journals before there were more
+        pruned = journal.step(f"{prefix}prune{tag}", lambda ps=list(probes): prune(ctx, grown_units, ps, cfg.margin,
+                                                                                   cfg.prune_tries))
+        if len(pruned) == len(grown_units) or any(sorted(pruned) == sorted(a["order"]) for a in attempts):
+            break  # nothing to put back, or a set the strong attack already saw through
+        mp = journal.step(f"{prefix}pruned{tag}", lambda u=pruned: measure(ctx, np.asarray(u)) | {"order": list(u)})
+        if not mp["leak"]["extracted"]:  # seen through: not kept whatever its quality
+            mp = settle(ctx, cfg, journal, f"{prefix}pruned{tag}", mp, before, removed(ctx, pruned))
+        ok = not mp["leak"]["extracted"] and within_quality(mp["quality"], q0, cfg)
+        attempts.append(mp | {"kept": ok})
+        if ok:
+            if status == "quality":
+                status, message = "clean", (
+                    f"every target stopped after round {len(rounds)}, pruned from {len(grown_units)} to "
+                    f"{len(pruned)} units within the quality guard ({message} before pruning)")
+            else:
+                message += f", pruned from {len(grown_units)} to {len(pruned)} units"
+            best, units = mp, list(pruned)
+            break
+        # the strong attack found a try the probes let through: hold it too and prune the grown set again
+        fresh = [p for p in ruled(ctx, cfg, before, [Probe.from_dict(d) for d in mp["leak"]["probes"]])
+                 if p not in probes]
+        if not mp["leak"]["extracted"] or not fresh:
+            break
+        probes += fresh
+    record["pruned_units"] = len(attempts[-1]["order"]) if attempts else len(grown_units)
+    if attempts:
+        record |= {"pruned": attempts[-1], "pruned_kept": attempts[-1]["kept"], "prune_attempts": attempts}
+    return best, units, status, message
 
 
 # ---- alternatives at the same leak ------------------------------------------------------------------------
