@@ -78,10 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "accuracy costs are within K x their bars: a later round's prune may fit the guard (default "
                         "2; 0: stop at the first refused round)")
     g.add_argument("--screen-tries", type=int, default=8, metavar="N",
-                   help="screen each unit a grow adds with the quality guard (the state with it and the units "
-                        "already chosen removed, over the first measurement's sampling seeds): one clearly over it "
-                        "(by two standard errors) is skipped for the next in the ranking, at most N per target and "
-                        "grow (default 8; 0: no screen). Each screened unit costs one quality measurement")
+                   help="when the rounds end refused by the quality guard: go back to the last round within it that "
+                        "left targets and grow again, each unit added only if the state with it and the units "
+                        "already chosen removed passes the guard (over the first measurement's sampling seeds), "
+                        "else skipped for the next in the ranking, at most N per target and grow (default 8; 0: "
+                        "no second grow). Each screened unit costs one quality measurement")
     g.add_argument("--prune-tries", type=int, default=48, help="single units tried back when pruning (default 48)")
     g.add_argument("--prune-rounds", type=int, default=3,
                    help="prune attempts: when the strong attack sees through a pruned edit, the tries it used join "
