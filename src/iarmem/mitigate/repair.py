@@ -606,7 +606,7 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
             log(f"repair: {message}; going back to round {back} (within the guard, targets left) to grow again "
                 f"with each unit screened by the guard")
         g = run.grow_step(f"regrow{back}", run.rounds[back - 1], screen=True)
-        record["regrow"] = {"from_round": back, "first_round": n + 1, "grow": g}
+        record["regrow"] = {"from_round": back, "first_round": n + 1}  # its grow is the last of ``grown`` here
         if g["added"]:
             first = message
             status, message = run.go(list(g["order"]), n + 1, n + cfg.max_rounds - back, screen=True)
