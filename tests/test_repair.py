@@ -151,8 +151,8 @@ def test_a_round_that_stops_every_target_over_the_guard_is_pruned_before_it_is_r
     before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
     steps = {"round1": m([], 1.5, [5, 6, 7]), "prune": [5], "pruned": m([], pruned_fid, [5])}
     (tmp_path / "steps.json").write_text(json.dumps(steps))  # round 1 stops target 1 at +50 % FID
-    outcome, record = run_repair(ctx, RepairConfig(max_quality_loss=0.1), Journal(tmp_path / "steps.json", World()),
-                                 {1: [5, 6, 7]}, lambda i: None, before)
+    outcome, record = run_repair(ctx, RepairConfig(max_quality_loss=0.1, screen_tries=0),  # the prune, not the regrow
+                                 Journal(tmp_path / "steps.json", World()), {1: [5, 6, 7]}, lambda i: None, before)
     assert outcome.status == status and record["pruned_units"] == 1
     if status == "clean":  # one unit of the three stops it within the guard: kept, and the message says how
         assert outcome.units == [5] and record["pruned_kept"] and "pruned from 3 to 1 units" in outcome.message
@@ -182,7 +182,7 @@ def test_a_refused_round_that_leaves_a_target_grows_on_while_near_the_guard(
                                                                 "failed": [], "unconfirmed": []},
              "round2": m([], 1.25, grown), "prune": [5, 7, 8], "pruned": m([], 1.05, [5, 7, 8])}
     (tmp_path / "steps.json").write_text(json.dumps(steps))
-    outcome, record = run_repair(ctx, RepairConfig(max_quality_loss=0.1, grow_past_guard=past),
+    outcome, record = run_repair(ctx, RepairConfig(max_quality_loss=0.1, grow_past_guard=past, screen_tries=0),
                                  Journal(tmp_path / "steps.json", World()), {0: [5], 1: [6]}, lambda i: None, before)
     assert outcome.status == status and len(record["rounds"]) == rounds
     if status == "clean":
@@ -208,7 +208,7 @@ def test_a_round_that_costs_class_accuracy_is_refused_though_fid_passes(ctx: Rep
     steps = {"round1": m([], [0.74, 0.74, 0.74], [5, 6]), "prune": [5, 6]}
     for drop, status in ((2.0, "quality"), (None, "clean")):
         (tmp_path / "steps.json").write_text(json.dumps(steps))
-        outcome, _ = run_repair(ctx, RepairConfig(max_quality_loss=0.1, max_accuracy_drop=drop),
+        outcome, _ = run_repair(ctx, RepairConfig(max_quality_loss=0.1, max_accuracy_drop=drop, screen_tries=0),
                                 Journal(tmp_path / "steps.json", World()), {1: [5, 6]}, lambda i: None, before)
         assert outcome.status == status
         if status == "quality":
@@ -356,7 +356,7 @@ def test_when_no_exact_removal_is_clean_the_last_round_s_units_are_fine_tuned_an
     steps = {"round1": m([], 1.5, [5, 6, 7]), "prune": [5, 6, 7], "fallback-unlearn": tuned}
     (tmp_path / "steps.json").write_text(json.dumps(steps))
     journal = Journal(tmp_path / "steps.json", World())
-    cfg = RepairConfig(max_quality_loss=0.1, fallback=fallback)
+    cfg = RepairConfig(max_quality_loss=0.1, fallback=fallback, screen_tries=0)
     outcome, record = run_repair(ctx, cfg, journal, {1: [5, 6, 7]}, lambda i: None, before)
     assert outcome.status == "quality"
     outcome = fallback_(ctx, cfg, journal, outcome, record, before)
@@ -522,7 +522,7 @@ def test_a_verdict_the_seeds_could_flip_draws_more_paired_seeds_under_the_edit(
     before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
     steps = {"round1": m([], [3.6, 3.0, 3.42], [5, 6, 7]), "prune": [5, 6, 7]}
     (tmp_path / "steps.json").write_text(json.dumps(steps))
-    cfg = RepairConfig(max_quality_loss=0.1, max_quality_draws=cap, fallback="none")
+    cfg = RepairConfig(max_quality_loss=0.1, max_quality_draws=cap, fallback="none", screen_tries=0)
     outcome, record = run_repair(ctx, cfg, Journal(tmp_path / "steps.json", World()), {1: [5, 6, 7]},
                                  lambda i: None, before)
     assert outcome.status == status
@@ -640,3 +640,58 @@ def test_a_screened_grow_skips_a_unit_that_fails_the_guard_for_the_next_in_the_r
     assert grow(ctx, [], lambda removed: np.asarray(good), probes, len(truth), budget=4 * len(truth), margin=0.1,
                 screen=screen) is not None
     assert screen.out == [good[1]] and all(good[1] not in c for c in screen.calls)
+
+
+@pytest.mark.parametrize("tries", [8, 0])
+def test_when_the_localizer_s_own_units_cross_the_guard_the_screened_grow_starts_from_the_unedited_model(
+        ctx: RepairContext, tmp_path: Path, tries: int) -> None:
+    """Round 1 (the localizer's units 5 and 6) stops the target at +50 % FID and nothing can be put back: there is
+    no earlier round within the guard, so the repair grows again from the unedited model (``regrow0``: 6 screened
+    out, 7 taken) and round 2 stops the target at +3 %: kept. With 0 tries round 1's refusal stands."""
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, run_repair
+
+    def m(extracted: list[int], fid: float, order: list[int]) -> dict:
+        return {"units": len(order), "order": order, "quality": {"fid": fid},
+                "leak": {"extracted": extracted, "probes": [], "default_extracted": extracted}}
+
+    before = m([1], 1.0, []) | {"units": 0}
+    before["leak"] |= {"default_prefix": 2, "default_probe_bar": 0.9}
+    steps = {"round1": m([], 1.5, [5, 6]), "prune": [5, 6],
+             "regrow0": {"order": [5, 7], "added": {"1": [5, 7]}, "failed": [], "unconfirmed": [],
+                         "screened_out": [6], "screen_seconds": 1.0},
+             "round2": m([], 1.03, [5, 7]), "screened-prune": [5, 7]}
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    outcome, record = run_repair(ctx, RepairConfig(max_quality_loss=0.1, screen_tries=tries, fallback="none"),
+                                 Journal(tmp_path / "steps.json", World()), {1: [5, 6]}, lambda i: None, before)
+    if tries:
+        assert outcome.status == "clean" and outcome.units == [5, 7] and len(record["rounds"]) == 2
+        assert record["regrow"] == {"from_round": 0, "first_round": 2}
+        assert "grown again from the unedited model" in outcome.message
+        assert "round 1 costs 50.0 % FID" in outcome.message
+    else:
+        assert outcome.status == "quality" and outcome.units == [] and "regrow" not in record
+
+
+def test_a_grow_from_the_unedited_model_starts_from_no_unit_and_serves_every_target(ctx: RepairContext,
+                                                                                     tmp_path: Path) -> None:
+    """``_Rounds.state(0)`` is the unedited model: a grow from it adds the target's ranking from nothing, not to the
+    last round's units (which are not the copy's and would be kept), and serves every target the repair had."""
+    from iarmem.mitigate.repair import Journal, RepairConfig, _Rounds
+
+    inj = injected_var()
+    truth = ctx.scores.to_flat(inj.units)
+    rest = np.setdiff1d(np.arange(len(ctx.scores.flat)), truth)
+    good = np.concatenate([np.random.default_rng(0).permutation(truth), rest]).tolist()
+    leak = {"extracted": [0], "probes": [], "default_extracted": [0], "default_prefix": default_prefix(ctx.iar),
+            "default_probe_bar": 0.9}
+    before = {"units": 0, "order": [], "quality": {"fid": 1.0}, "leak": leak}
+    run = _Rounds(ctx, RepairConfig(), Journal(tmp_path / "steps.json", World()), {0: [good[0]]},
+                  lambda i: lambda removed: np.asarray(good), before, budget=4 * len(truth))
+    run.rounds.append({"units": 2, "order": rest[:2].tolist(), "quality": {"fid": 1.5},
+                       "leak": {"extracted": [], "probes": []}})  # round 1 stopped it through other units
+    g = run.grow_step("regrow0", run.state(0), screen=False)
+    assert g["failed"] == [] and set(g["order"]).isdisjoint(rest[:2].tolist())
+    assert g["order"] == g["added"]["0"] and set(g["order"]) <= set(truth)
+    assert run.state(1) is run.rounds[0]

@@ -88,6 +88,8 @@ def family_stages(family: str, root: Path, seed: int, device: str, sweep: bool, 
         stages.append(Stage("repair", ["repair", model, data, "--leaked", str(d / "extract"), "--images", "planted",
                                        "--max-targets", "4", "--max-rounds", "2", "--prune-tries", "8",
                                        "--prune-rounds", "1", "--alternatives", "random,unlearn",
+                                       # its refused round holds 88 units: a screened regrow is minutes of draws
+                                       "--screen-tries", "0",
                                        "--trigger-steps", "10", "--n-per-class", "10", "--out", str(d / "repair"),
                                        *feats, *common],
                             results=(0, 1)))

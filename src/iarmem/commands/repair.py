@@ -79,8 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "2; 0: stop at the first refused round)")
     g.add_argument("--screen-tries", type=int, default=8, metavar="N",
                    help="when the rounds end refused by the quality guard: go back to the last round within it that "
-                        "left targets and grow again, each unit added only if the state with it and the units "
-                        "already chosen removed passes the guard (over the first measurement's sampling seeds), "
+                        "left targets (none: the unedited model) and grow again, each unit added only if the state "
+                        "with it and the units already chosen removed passes the guard (over the first "
+                        "measurement's sampling seeds), "
                         "else skipped for the next in the ranking, at most N per target and grow (default 8; 0: "
                         "no second grow). Each screened unit costs one quality measurement")
     g.add_argument("--prune-tries", type=int, default=48, help="single units tried back when pruning (default 48)")

@@ -12,7 +12,8 @@
    while its cost is within ``grow_past_guard`` x the bars, for a later round's prune), when the union would
    pass ``max_units`` % of the fc1 units, or after ``max_rounds``.
    When the rounds end refused, the repair goes back to its last round within the guard that left targets
-   and grows again from there, each unit it adds screened by the guard first (``Screen``).
+   (or to the unedited model when there is none) and grows again from there, each unit it adds screened by
+   the guard first (``Screen``).
 4. Prune: put back whole blocks, then single units (last added first), while every target's probes
    stay stopped; the pruned edit is kept only if the strong attack confirms it and the guard passes
    it. When the strong attack sees through it, the tries it used join the probes and the grown set is
@@ -96,10 +97,11 @@ class RepairConfig:
     # its bar: a later round may stop them, and its prune (below) may bring the edit back within the guard; a round
     # far over the guard only gets dearer as it grows (0: stop at the first refused round, before 2026-12-03)
     grow_past_guard: float = 2.0
-    # when the rounds end refused: go back to the last round within the guard that left targets and grow again from
-    # there, each unit added only if removing it with the units already chosen keeps the guard (``Screen``), at most
-    # this many skipped per target and grow. Removals interact: on tiny-var s2 inj. 0 no grown unit alone cost over
-    # 9 % FID, two together 39 % (docs/RESULTS.md section 10, fourteenth session). 0: no second grow
+    # when the rounds end refused: go back to the last round within the guard that left targets (none: the unedited
+    # model) and grow again from there, each unit added only if removing it with the units already chosen keeps the
+    # guard (``Screen``), at most this many skipped per target and grow. Removals interact: on tiny-var s2 inj. 0 no
+    # grown unit alone cost over 9 % FID, two together 39 % (docs/RESULTS.md section 10, fourteenth session).
+    # 0: no second grow
     screen_tries: int = 8
     prune_tries: int = 48  # single units tried back in the prune step
     # prune attempts: one whose edit the strong attack sees through adds the try it used to the probes and prunes the
@@ -587,7 +589,8 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
                rerank_of: Callable[[int], Rerank], before: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
     """The rounds and the prune step; returns the outcome and the record of every round. When they end with no
     edit that stops every target within the guard, the repair goes back to its last round within the guard that
-    left targets and grows again from there, each unit it adds screened (``Screen``), for the rounds it had left."""
+    left targets (``_Rounds.back_to``; the unedited model when none did) and grows again from there, each unit it
+    adds screened (``Screen``), for the rounds it had left."""
     work = before["leak"]["extracted"]
     budget = int(cfg.max_units / 100 * len(ctx.scores.flat))
     order: list[int] = []
@@ -602,16 +605,17 @@ def run_repair(ctx: RepairContext, cfg: RepairConfig, journal: Journal, refined:
     back = run.back_to() if status == "quality" and cfg.screen_tries > 0 else None
     if back is not None:
         n = len(run.rounds)
+        start = f"round {back}" if back else "the unedited model"
         if ctx.world.is_main:
-            log(f"repair: {message}; going back to round {back} (within the guard, targets left) to grow again "
+            log(f"repair: {message}; going back to {start} (within the guard, targets left) to grow again "
                 f"with each unit screened by the guard")
-        g = run.grow_step(f"regrow{back}", run.rounds[back - 1], screen=True)
+        g = run.grow_step(f"regrow{back}", run.state(back), screen=True)
         record["regrow"] = {"from_round": back, "first_round": n + 1}  # its grow is the last of ``grown`` here
         if g["added"]:
             first = message
             status, message = run.go(list(g["order"]), n + 1, n + cfg.max_rounds - back, screen=True)
             best, units, status, message = _prune_and_keep(run, record, status, message, "screened-")
-            message += (f" (grown again from round {back} with each unit screened by the guard, after: {first})")
+            message += f" (grown again from {start} with each unit screened by the guard, after: {first})"
     record["over_budget"] = run.unreachable
     if best is None:  # an edit that stops no target is not worth its cost: nothing is kept
         return Outcome(status, [], None, message + "; no edit within the budgets lowers the number of targets "
@@ -722,15 +726,20 @@ class _Rounds:
         self.unreachable = sorted(set(self.unreachable) | set(g["failed"]))
         return g
 
-    def back_to(self) -> int | None:
+    def state(self, k: int) -> dict[str, Any]:
+        """Round ``k``'s measurement (1-based); for 0 the unedited model, no unit removed, every target out."""
+        return self.rounds[k - 1] if k else {"order": [], "leak": self.before["leak"]}
+
+    def back_to(self) -> int:
         """The last round within the guard that left targets and was followed by another (1-based), with rounds left
-        after it; None when there is none (the localizer's own units already cross the guard)."""
+        after it; 0 (the unedited model) when there is none: the localizer's own units already cross the guard, and
+        the screened grow starts again from nothing (tiny-llamagen s1 inj. 1: its 2 units cost 2.2 points)."""
         q0 = self.before["quality"]
         for k in range(len(self.rounds) - 1, 0, -1):
             m = self.rounds[k - 1]
             if k < self.cfg.max_rounds and m["leak"]["extracted"] and within_quality(m["quality"], q0, self.cfg):
                 return k
-        return None
+        return 0
 
 
 def _prune_and_keep(run: _Rounds, record: dict[str, Any], status: str, message: str, prefix: str = "",
