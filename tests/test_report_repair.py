@@ -75,6 +75,13 @@ def test_a_repair_run_is_a_section_with_every_round_and_alternative(tmp_path: Pa
     write_json(out / "repair.json", record)
     assert "data-label=\"edit\">fallback: the last round's units fine-tuned (not kept)</td>" in build_report(
         [str(tmp_path)])
+    assert "grew again" not in build_report([str(tmp_path)])
+    record |= {"regrow": {"from_round": 0, "first_round": 2},  # round 1 refused: grown again from nothing
+               "grown": [{"order": [4], "screened_out": [9, 8], "screen_seconds": 20.4}]}
+    write_json(out / "repair.json", record)
+    assert ("The rounds before round 2 ended refused by the quality guard, so the repair went back to the unedited "
+            "model and grew again from it") in (html := build_report([str(tmp_path)]))
+    assert "2 units screened out (20 s of draws)" in html
     record |= {"edit": "unlearn", "fallback": record["fallback"] | {"kept": True}}
     assert "extracted targets stopped under every strong-attack try, fine-tuning 14 fc1 units" in _summary(
         record)["sentence"]

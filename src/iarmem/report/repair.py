@@ -64,6 +64,20 @@ def _bars(r: dict[str, Any]) -> str:
             f"bars; the held-out false positives are out of sample.")
 
 
+def _regrow(r: dict[str, Any]) -> str:
+    """Where the rounds went back and grew again, screened by the guard: the rows after it start from there."""
+    back = as_dict(r.get("regrow"))
+    if not back:
+        return ""
+    grown = [as_dict(g) for g in r.get("grown", []) if isinstance(g, dict) and "screened_out" in g]
+    frm = int(back.get("from_round", 0))
+    return (f"The rounds before round {num(back.get('first_round'))} ended refused by the quality guard, so the repair "
+            f"went back to {f'round {frm}' if frm else 'the unedited model'} and grew again from it, each unit "
+            f"added only if the state with it removed passed the guard first: "
+            f"{num(sum(len(g.get('screened_out') or []) for g in grown))} units screened out "
+            f"({sum(float(g.get('screen_seconds') or 0.0) for g in grown):.0f} s of draws).")
+
+
 def repair_section(groups: list[ModelGroup]) -> str:
     parts = []
     for g in groups:
@@ -92,6 +106,8 @@ def repair_section(groups: list[ModelGroup]) -> str:
             body = (f"<h3>{esc(g.label)} &middot; {run_label(run)}</h3><p>{esc(s.get('sentence', ''))}</p>"
                     + table(HEADERS, rows, numeric=[False] + [True] * (len(HEADERS) - 1), stack=True))
             body += note(esc(_bars(r)))
+            if back := _regrow(r):
+                body += note(esc(back))
             if extra := _noise(r):
                 body += note(esc(extra))
             parts.append(body)
