@@ -7,6 +7,7 @@ import pytest
 from iarmem.quality_guard import (
     mean_fid,
     mean_of,
+    noise_floor,
     paired_change,
     refusal,
     relative_fid,
@@ -99,3 +100,21 @@ def test_draws_without_a_classifier_are_not_paired() -> None:
     no_cls = {"class_accuracy": None, "class_accuracy_draws": [None, None, None], "fid_draws": [3.0, 3.0, 3.0]}
     assert paired_change(no_cls, no_cls, "class_accuracy") is None
     assert refusal(no_cls | {"fid_draws": [3.1, 3.0, 3.0]}, no_cls, 0.10, 2.0) is None
+
+
+def test_a_standard_error_of_three_draws_is_floored_by_the_unedited_model_s_own_spread() -> None:
+    """Three paired changes of -6, -6, -4 points read -5.3 +- 0.7: clearly over a 2-point bar by their own error.
+    The unedited model's draws spread 4 points (0.80, 0.76, 0.84), so one paired change spreads about 5.7 and three
+    draws about 3.3: the verdict could flip (tiny-rar s2 inj. 0: three seeds -6.0 +- 1.2, nine -2.3)."""
+    before = {"fid_draws": [3.0, 3.0, 3.0], "class_accuracy_draws": [0.80, 0.76, 0.84]}
+    edit = {"fid_draws": [3.0, 3.0, 3.0], "class_accuracy_draws": [0.74, 0.70, 0.80]}
+    floor = noise_floor(before)
+    assert floor["class_accuracy"] == pytest.approx(2 ** 0.5 * 0.04) and floor["fid"] == 0.0
+    assert not unsettled(edit, before, 0.10, 2.0)  # its own error: clearly over, settled
+    assert unsettled(edit, before, 0.10, 2.0, floor=floor)
+    # far enough over, the floor settles nothing: -20 points against an error of at most 3.3
+    far = {"fid_draws": [3.0, 3.0, 3.0], "class_accuracy_draws": [0.60, 0.56, 0.64]}
+    assert not unsettled(far, before, 0.10, 2.0, floor=floor)
+    # FID: the floor is relative, from the unedited draws' relative spread
+    assert noise_floor({"fid_draws": [2.0, 3.0, 4.0]})["fid"] == pytest.approx(2 ** 0.5 * 1.0 / 3.0)
+    assert noise_floor({"fid": 3.0}) == {}  # one draw: no spread to floor by

@@ -4,6 +4,7 @@ one does not, pruning keeps it stopped with fewer units, and unit-local unlearni
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -548,15 +549,19 @@ class _CostScreen:
     """A ``Screen`` whose draws cost +50 % FID when a costly unit is removed, +5 % otherwise."""
 
     @staticmethod
-    def make(ctx: RepairContext, costly: set[int], tries: int, q0: dict | None = None):
-        from iarmem.mitigate.repair import RepairConfig, Screen
+    def make(ctx: RepairContext, costly: set[int], tries: int, q0: dict | None = None, cap: int | None = None):
+        from iarmem.mitigate.repair import Journal, RepairConfig, Screen
 
         class S(Screen):
-            def quality(self, flat: list[int]) -> dict:
+            def quality(self, flat: list[int], seeds) -> dict:
                 self.calls.append(list(flat))
-                return {"fid_draws": [1.5 if costly & set(flat) else 1.05] * 3, "class_accuracy_draws": [0.8] * 3}
+                n = len(seeds)
+                return {"fid_draws": [1.5 if costly & set(flat) else 1.05] * n, "class_accuracy_draws": [0.8] * n}
 
-        s = S(ctx, RepairConfig(screen_tries=tries), q0 or {"fid_draws": [1.0] * 3, "class_accuracy_draws": [0.8] * 3})
+        ctx = dataclasses.replace(ctx, quality_seeds=(1, 2))  # three draws first, as a repair's measurements
+        s = S(ctx, RepairConfig(screen_tries=tries, max_quality_draws=cap), Journal(Path("/nonexistent/steps.json"),
+                                                                                   World()),
+              q0 or {"fid_draws": [1.0] * 3, "class_accuracy_draws": [0.8] * 3})
         s.calls = []
         return s
 
@@ -564,9 +569,10 @@ class _CostScreen:
 def test_the_screen_reads_the_guard_paired_with_the_first_seeds_of_the_unedited_model(ctx: RepairContext) -> None:
     """The unedited model settled over six seeds (FID 1, 1, 1, then 2, 2, 2): a unit's three draws at 1.05 are +5 %
     against the first three, within the 10 % guard (against the mean of all six they would read -30 %); at 1.5,
-    +50 %: refused. Class accuracy 8 points down is refused whatever FID reads."""
+    +50 %: refused. Class accuracy 8 points down is refused whatever FID reads. (No more draws: a cap of three;
+    the unedited draws' spread would otherwise settle the +50 % with three more seeds.)"""
     q0 = {"fid_draws": [1.0] * 3 + [2.0] * 3, "class_accuracy_draws": [0.8] * 6}
-    s = _CostScreen.make(ctx, {9}, tries=2, q0=q0)
+    s = _CostScreen.make(ctx, {9}, tries=2, q0=q0, cap=3)
     assert s.passes([1, 2]) and not s.passes([1, 9])
     s.q0 = {"fid_draws": [1.4] * 3, "class_accuracy_draws": [0.8] * 3}  # 1.5 is +7 % of 1.4: passes
     assert s.passes([9])
@@ -695,3 +701,39 @@ def test_a_grow_from_the_unedited_model_starts_from_no_unit_and_serves_every_tar
     assert g["failed"] == [] and set(g["order"]).isdisjoint(rest[:2].tolist())
     assert g["order"] == g["added"]["0"] and set(g["order"]) <= set(truth)
     assert run.state(1) is run.rounds[0]
+
+
+@pytest.mark.parametrize("spread, later, passes, draws", [(0.04, 0.8, True, 9), (0.0, 0.8, False, 3),
+                                                          (0.04, 0.74, False, 6)])
+def test_a_screen_refusal_the_seeds_could_flip_draws_more_seeds_before_it_refuses(
+        ctx: RepairContext, tmp_path: Path, spread: float, later: float, passes: bool, draws: int) -> None:
+    """A unit's first three seeds read class accuracy -6, -6, -4 points (-5.3 +- 0.7: over the 2-point bar by six
+    of its own standard errors). The unedited model's three draws spread 4 points, so one paired change spreads
+    about 5.7 and three draws say little: the screen draws to nine seeds, where the later six read no change and
+    the mean, -1.8, passes. With no spread in the unedited draws the first reading stands (refused, three draws);
+    when the later seeds read -6 too, six draws refuse it (-5.7, clearly over). The unedited draws come from the
+    journal."""
+    import json
+
+    from iarmem.mitigate.repair import Journal, RepairConfig, Screen
+
+    acc0 = [0.8, 0.8 - spread, 0.8 + spread]
+    (tmp_path / "steps.json").write_text(json.dumps({
+        f"before-draws{k}": {"start": k - 3, "fid_draws": [1.0] * 3, "class_accuracy_draws": [0.8] * 3}
+        for k in (6, 9)}))
+    first = [a - d for a, d in zip(acc0, (0.06, 0.06, 0.04))]
+
+    class S(Screen):
+        def quality(self, flat: list[int], seeds) -> dict:
+            self.calls.append(list(seeds))
+            return {"fid_draws": [1.0] * len(seeds),
+                    "class_accuracy_draws": [first[j] if j < 3 else later for j in seeds]}
+
+    s = S(dataclasses.replace(ctx, quality_seeds=(1, 2)), RepairConfig(screen_tries=2),
+          Journal(tmp_path / "steps.json", World()),
+          {"fid_draws": [1.0] * 3, "class_accuracy_draws": list(acc0)})
+    s.calls = []
+    assert s.passes([4, 5]) is passes
+    assert sum(len(c) for c in s.calls) == draws and s.calls[0] == [0, 1, 2]
+    assert len(s.q0["class_accuracy_draws"]) == draws  # the unedited model paired seed for seed
+    assert s.settled == ([5] if passes else [])

@@ -77,16 +77,26 @@ def relative_fid_se(q: dict[str, Any], q0: dict[str, Any]) -> float | None:
 
 
 def unsettled(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float, max_accuracy_drop: float | None,
-              z: float = 2.0) -> bool:
+              z: float = 2.0, floor: dict[str, float] | None = None) -> bool:
     """Whether the guard's verdict on ``q`` could flip with the sampling seeds: no bar is crossed by more than
     ``z`` standard errors, and some bar is within ``z`` of the change. More paired draws then settle it; a
-    change clearly over one bar, or clearly within all, is settled already."""
+    change clearly over one bar, or clearly within all, is settled already. ``floor`` (``noise_floor``): the
+    spread of one paired change per key; a standard error is taken as at least floor / sqrt(draws), since the
+    error of three draws is itself a guess (tiny-rar s2 inj. 0: three seeds read -6.0 +- 1.2 points, nine -2.3)."""
     over, near = False, False
-    checks: list[tuple[float, float | None, float]] = [(relative_fid(q, q0), relative_fid_se(q, q0),
+    floor = floor or {}
+    n = len(paired(q, q0, "fid")[0])
+
+    def floored(se: float | None, key: str) -> float | None:
+        f = floor.get(key)
+        return se if se is None or f is None or n < 2 else max(se, f / n ** 0.5)
+
+    checks: list[tuple[float, float | None, float]] = [(relative_fid(q, q0), floored(relative_fid_se(q, q0), "fid"),
                                                         max_fid_increase)]
     acc = paired_change(q, q0, "class_accuracy")
     if max_accuracy_drop is not None and acc is not None:
-        checks.append((-100 * acc[0], None if acc[1] is None else 100 * acc[1], max_accuracy_drop))
+        se = floored(acc[1], "class_accuracy")
+        checks.append((-100 * acc[0], None if se is None else 100 * se, max_accuracy_drop))
     for value, se, bar in checks:
         if se is None:
             over |= value > bar
@@ -94,6 +104,21 @@ def unsettled(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float, ma
         over |= value - z * se > bar
         near |= abs(value - bar) <= z * se
     return near and not over
+
+
+def noise_floor(q0: dict[str, Any]) -> dict[str, float]:
+    """The spread of one paired change, from the unedited model's own draws: sqrt(2) x their std (relative for
+    FID), as for two independent draws; the pairing narrows it little on the tiny models (docs/RESULTS.md section
+    10, thirteenth session: per-draw std of the change 1.5-1.8 x the unedited std)."""
+    out: dict[str, float] = {}
+    for key in ("fid", "class_accuracy"):
+        d = [float(v) for v in q0.get(f"{key}_draws") or [] if v is not None]
+        if len(d) < 2:
+            continue
+        m = sum(d) / len(d)
+        sd = (sum((x - m) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+        out[key] = 2 ** 0.5 * (sd / m if key == "fid" and m else sd)
+    return out
 
 
 def refusal(q: dict[str, Any], q0: dict[str, Any], max_fid_increase: float,

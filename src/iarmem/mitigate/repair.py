@@ -69,6 +69,7 @@ from iarmem.models.base import IAR, Tokens
 from iarmem.progress import log
 from iarmem.quality_guard import (
     mean_fid,
+    noise_floor,
     paired_change,
     refusal,
     relative_fid,
@@ -364,10 +365,7 @@ def settle(ctx: RepairContext, cfg: RepairConfig, journal: Journal, name: str, m
                 f"{100 * relative_fid(q, q0):+.1f} +- {100 * (relative_fid_se(q, q0) or 0.0):.1f} %"
                 + (f", class accuracy {100 * acc[0]:+.1f} +- {100 * (acc[1] or 0.0):.1f} points" if acc else "")
                 + f"): {k - n} more paired seeds")
-        n0 = len(q0.get("fid_draws") or [])
-        if n0 < k:
-            q0.update(with_draws(q0, journal.step(f"before-draws{k}", lambda a=n0, b=k: {
-                "start": a, **drawn(ctx, [ctx.attack.seed + j for j in range(a, b)])})))
+        before_draws(ctx, journal, q0, k)
 
         def more(a: int = n, b: int = k) -> dict[str, Any]:
             with state():
@@ -380,6 +378,15 @@ def settle(ctx: RepairContext, cfg: RepairConfig, journal: Journal, name: str, m
         log(f"repair {name}: the guard's verdict is still within the sampling noise at the cap of {n} seeds "
             f"(--max-quality-draws): it reads the mean")
     return m if q is m["quality"] else m | {"quality": q}
+
+
+def before_draws(ctx: RepairContext, journal: Journal, q0: dict[str, Any], k: int) -> None:
+    """The unedited model's draws (``q0``, in place) up to ``k`` seeds, each batch drawn once (``before-draws{k}``),
+    so every later verdict pairs them too."""
+    n0 = len(q0.get("fid_draws") or [])
+    if n0 < k:
+        q0.update(with_draws(q0, journal.step(f"before-draws{k}", lambda a=n0, b=k: {
+            "start": a, **drawn(ctx, [ctx.attack.seed + j for j in range(a, b)])})))
 
 
 def membership(ctx: RepairContext) -> dict[str, Any] | None:
@@ -423,30 +430,48 @@ def probes_stopped(ctx: RepairContext, flat: np.ndarray, probes: list[Probe], ma
 class Screen:
     """The quality guard on a grow's candidate units: a unit is taken only if the state with it removed, beside the
     units already chosen, passes the guard over the seeds every measurement draws first, so a round grown from
-    screened units reads, on those seeds, what the screen read. At most ``screen_tries`` units are screened out per
-    grow (``begin``); those it refuses are remembered (``out``) and not offered again. Used where an unscreened grow
-    ended refused (``run_repair``): at its bar the screen reads three draws' noise, and refuses units a grow within
-    the guard would have kept."""
+    screened units reads, on those seeds, what the screen read. A refusal the seeds could flip (``unsettled``, its
+    standard error floored by the unedited model's own spread, ``noise_floor``) draws more paired seeds first, as
+    the guard settles a round: a unit refused is never offered again, a unit passed is judged again by its round.
+    At most ``screen_tries`` units are screened out per grow (``begin``); those it refuses are remembered (``out``).
+    Used where an unscreened grow ended refused (``run_repair``)."""
 
-    def __init__(self, ctx: RepairContext, cfg: RepairConfig, q0: dict[str, Any], out: Sequence[int] = ()) -> None:
-        self.ctx, self.cfg, self.q0 = ctx, cfg, q0
+    def __init__(self, ctx: RepairContext, cfg: RepairConfig, journal: Journal, q0: dict[str, Any],
+                 out: Sequence[int] = ()) -> None:
+        self.ctx, self.cfg, self.journal, self.q0 = ctx, cfg, journal, q0
         self.out: list[int] = list(out)
         self.left = cfg.screen_tries
         self.seconds = 0.0
+        self.settled: list[int] = []  # units whose first refusal more seeds took back
 
     def begin(self) -> None:
         self.left = self.cfg.screen_tries
 
     def passes(self, flat: list[int]) -> bool:
         t0 = time.monotonic()
-        q = self.quality(flat)
+        ctx, cfg, q0 = self.ctx, self.cfg, self.q0
+        seeds = [ctx.attack.seed, *ctx.quality_seeds]
+        q = self.quality(flat, seeds)
+        first = quality_refusal(q, q0, cfg) is None
+        ok = first
+        while not ok:
+            n = len(q["fid_draws"])
+            if n >= cfg.draw_cap or not unsettled(q, q0, cfg.max_quality_loss, cfg.max_accuracy_drop,
+                                                  floor=noise_floor(q0)):
+                break
+            k = min(n + cfg.quality_draws, cfg.draw_cap)
+            before_draws(ctx, self.journal, q0, k)
+            q = with_draws(q, {"start": n, **self.quality(flat, [ctx.attack.seed + j for j in range(n, k)])})
+            ok = quality_refusal(q, q0, cfg) is None
+        if ok and not first:
+            self.settled.append(flat[-1])
         self.seconds += time.monotonic() - t0
-        return quality_refusal(q, self.q0, self.cfg) is None
+        return ok
 
-    def quality(self, flat: list[int]) -> dict[str, Any]:
-        """The draws of ``flat`` removed under the seeds every measurement draws first (paired with ``q0``'s)."""
+    def quality(self, flat: list[int], seeds: Sequence[int]) -> dict[str, Any]:
+        """The draws of ``flat`` removed under ``seeds`` (the first ones paired with ``q0``'s)."""
         with removed(self.ctx, flat)():
-            return drawn(self.ctx, (self.ctx.attack.seed, *self.ctx.quality_seeds))
+            return drawn(self.ctx, seeds)
 
     def pick(self, chosen: list[int], ranking: np.ndarray, n: int) -> list[int]:
         """Up to ``n`` units of ``ranking`` (not in ``chosen``), in its order, each passing with ``chosen`` and the
@@ -700,7 +725,7 @@ class _Rounds:
             added: dict[str, list[int]] = {}
             unconfirmed: list[int] = []
             before_out = [u for g in self.grown for u in g.get("screened_out", [])]  # refused in earlier grows
-            sc = Screen(ctx, cfg, self.before["quality"], before_out) if screen else None
+            sc = Screen(ctx, cfg, self.journal, self.before["quality"], before_out) if screen else None
 
             def take(i: int, fill: bool) -> bool:
                 more = grow(ctx, new, self.rerank_of(i), probes[i], max(len(self.refined.get(i, [])), 1),
@@ -718,7 +743,7 @@ class _Rounds:
             failed = [i for i in survivors if not take(i, fill=False)]
             failed = [i for i in failed if not take(i, fill=True)]
             screened = {} if sc is None else {"screened_out": sc.out[len(before_out):],
-                                              "screen_seconds": round(sc.seconds, 2)}
+                                              "screen_seconds": round(sc.seconds, 2), "screen_settled": sc.settled}
             return {"order": new, "added": added, "failed": failed, "unconfirmed": unconfirmed} | screened
 
         g = self.journal.step(name, grow_all)
