@@ -737,3 +737,5 @@ def test_a_screen_refusal_the_seeds_could_flip_draws_more_seeds_before_it_refuse
     assert sum(len(c) for c in s.calls) == draws and s.calls[0] == [0, 1, 2]
     assert len(s.q0["class_accuracy_draws"]) == draws  # the unedited model paired seed for seed
     assert s.settled == ([5] if passes else [])
+    calls = len(s.calls)  # the same state offered again (a grow retried with the budget filled): no more draws
+    assert s.passes([5, 4]) is passes and len(s.calls) == calls

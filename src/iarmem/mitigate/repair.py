@@ -443,11 +443,20 @@ class Screen:
         self.left = cfg.screen_tries
         self.seconds = 0.0
         self.settled: list[int] = []  # units whose first refusal more seeds took back
+        # verdicts by state: a grow that does not stop its probes without filling the budget is tried again with
+        # it and offers the same first units on the same state (the draws are seeded, so a verdict is exact)
+        self.seen: dict[tuple[int, ...], bool] = {}
 
     def begin(self) -> None:
         self.left = self.cfg.screen_tries
 
     def passes(self, flat: list[int]) -> bool:
+        key = tuple(sorted(flat))
+        if key not in self.seen:
+            self.seen[key] = self._passes(flat)
+        return self.seen[key]
+
+    def _passes(self, flat: list[int]) -> bool:
         t0 = time.monotonic()
         ctx, cfg, q0 = self.ctx, self.cfg, self.q0
         seeds = [ctx.attack.seed, *ctx.quality_seeds]
